@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on Debian bookworm: the real mail daemons the rendered
+# configuration is proven in, and the Python tools of the Kubernetes API and manifest tests.
+# Needs root (or sudo). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=0
+for bin in postfix dovecot rspamd openssl restic; do
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/bin/$bin" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  printf 'postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string localhost\n' \
+    | $SUDO debconf-set-selections
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates >/dev/null
+fi
+
+if [ -f e2e/requirements.txt ]; then
+  python3 -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+fi

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every test tier: unit and snapshot tests, the mail path in real daemons, and the
+# Kubernetes API suite. Needs the tools from e2e/install-deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace --locked

@@ -1,0 +1,165 @@
+//! Where the daemons find their files and each other.
+//!
+//! The renderers write every path and address from a [`Layout`]. In Kubernetes the layout is
+//! [`Layout::kubernetes`]: fixed mount points and Service DNS names. `postwarden local up` uses
+//! [`Layout::local`], the same tree under one directory on 127.0.0.1 with shifted ports. This is
+//! the only mechanism by which the rendered configuration differs between the two.
+
+use std::path::{Path, PathBuf};
+
+/// Number of Secrets the users database is spread over. Dovecot picks the shard from the first
+/// hex digit of the MD5 of the lowercase user name (`%1Mu`), so this is fixed at 16.
+pub const USER_SHARDS: usize = 16;
+
+/// TCP ports of every service, as seen by clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub smtp: u16,
+    pub submissions: u16,
+    pub submission: u16,
+    pub imap: u16,
+    pub imaps: u16,
+    pub lmtp: u16,
+    /// Dovecot auth for Postfix SASL.
+    pub auth: u16,
+    /// doveadm server (replication and backup), authenticated by the shared doveadm password.
+    pub doveadm: u16,
+    /// Rspamd's milter (proxy worker).
+    pub milter: u16,
+    /// Rspamd's controller (statistics, /metrics).
+    pub rspamd_controller: u16,
+    /// Dovecot's OpenMetrics exporter.
+    pub dovecot_metrics: u16,
+}
+
+impl Ports {
+    /// The standard ports, used inside pods.
+    pub fn standard() -> Self {
+        Self {
+            smtp: 25,
+            submissions: 465,
+            submission: 587,
+            imap: 143,
+            imaps: 993,
+            lmtp: 24,
+            auth: 12345,
+            doveadm: 12346,
+            milter: 11332,
+            rspamd_controller: 11334,
+            dovecot_metrics: 9900,
+        }
+    }
+
+    /// Every port shifted by `base` (`base + 25` for SMTP, ...), for running on one host.
+    pub fn shifted(base: u16) -> Self {
+        let s = Self::standard();
+        Self {
+            smtp: base + s.smtp,
+            submissions: base + s.submissions,
+            submission: base + s.submission,
+            imap: base + s.imap,
+            imaps: base + s.imaps,
+            lmtp: base + s.lmtp,
+            auth: base + 1000 + 345,
+            doveadm: base + 1000 + 346,
+            milter: base + 1000 + 332,
+            rspamd_controller: base + 1000 + 334,
+            dovecot_metrics: base + 900,
+        }
+    }
+}
+
+/// Paths and endpoints the rendered configuration refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Root of everything; `/` in Kubernetes.
+    pub root: PathBuf,
+    /// Address the daemons listen on (`*` in pods, `127.0.0.1` locally).
+    pub listen: String,
+    pub ports: Ports,
+    /// Host names (or addresses) of the Dovecot instances, index = replica ordinal.
+    pub imap_hosts: Vec<String>,
+    /// Host name of the Dovecot Service Postfix delivers to (LMTP) and authenticates against.
+    pub imap_service_host: String,
+    /// Host of the Rspamd milter as seen from Postfix.
+    pub milter_host: String,
+    /// Ports of each Dovecot instance when they differ per instance (local runs); index = ordinal.
+    pub imap_instance_ports: Vec<Ports>,
+}
+
+impl Layout {
+    /// The layout inside the pods of the MailDomain `name` in `namespace`.
+    pub fn kubernetes(name: &str, namespace: &str, imap_replicas: usize) -> Self {
+        let names = crate::names::DomainNames::new(name);
+        let headless = names.imap_headless();
+        let imap_hosts = (0..imap_replicas)
+            .map(|i| format!("{}-{i}.{headless}.{namespace}.svc", names.imap()))
+            .collect();
+        Self {
+            root: PathBuf::from("/"),
+            listen: "*".into(),
+            ports: Ports::standard(),
+            imap_hosts,
+            imap_service_host: format!("{headless}.{namespace}.svc"),
+            milter_host: "127.0.0.1".into(),
+            imap_instance_ports: vec![Ports::standard(); imap_replicas],
+        }
+    }
+
+    /// Everything under `dir` on 127.0.0.1, ports shifted by `port_base`. The second Dovecot
+    /// instance (ordinal 1) gets ports shifted by a further 10,000.
+    pub fn local(dir: &Path, port_base: u16, imap_replicas: usize) -> Self {
+        let instance_ports = (0..imap_replicas)
+            .map(|i| Ports::shifted(port_base + (i as u16) * 10_000))
+            .collect();
+        Self {
+            root: dir.to_path_buf(),
+            listen: "127.0.0.1".into(),
+            ports: Ports::shifted(port_base),
+            imap_hosts: vec!["127.0.0.1".into(); imap_replicas],
+            imap_service_host: "127.0.0.1".into(),
+            milter_host: "127.0.0.1".into(),
+            imap_instance_ports: instance_ports,
+        }
+    }
+
+    fn under(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    /// Rendered configuration files (from the ConfigMaps).
+    pub fn config_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/config")
+    }
+    /// `tls.crt`, `tls.key`, `ca.crt` (from the TLS Secret).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/tls")
+    }
+    /// The users database shards `<hex>.passwd` (from the users Secrets).
+    pub fn users_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/users")
+    }
+    /// Postfix address maps (from the maps ConfigMap).
+    pub fn maps_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/maps")
+    }
+    /// DKIM private keys and the selector map (from the DKIM Secret).
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/dkim")
+    }
+    /// Internal shared secrets (from the internal Secret).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.under("etc/postwarden/secrets")
+    }
+    /// Mail storage (Dovecot, on the per-pod volume).
+    pub fn mail_dir(&self) -> PathBuf {
+        self.under("var/mail")
+    }
+    /// Postfix queue (on the per-pod volume).
+    pub fn queue_dir(&self) -> PathBuf {
+        self.under("var/spool/postfix")
+    }
+    /// Runtime state: sockets, pid files, Dovecot base_dir.
+    pub fn run_dir(&self) -> PathBuf {
+        self.under("run/postwarden")
+    }
+}

@@ -1,0 +1,12 @@
+//! Postwarden: a Kubernetes operator for private, hardened email clusters.
+//!
+//! Data flows one way: [`api`] types → [`controller`] (reads cluster state, applies, writes
+//! status) → the pure layers ([`resources`], [`config`], [`pki`], [`dkim`], [`dns`], [`userdb`])
+//! that turn specs into Kubernetes objects and daemon configuration without any I/O.
+
+pub mod api;
+pub mod config;
+pub mod crd;
+pub mod manifest;
+pub mod names;
+pub mod render;
