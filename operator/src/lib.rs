@@ -10,3 +10,4 @@ pub mod crd;
 pub mod manifest;
 pub mod names;
 pub mod render;
+pub mod resources;
