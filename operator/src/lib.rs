@@ -9,5 +9,6 @@ pub mod config;
 pub mod crd;
 pub mod manifest;
 pub mod names;
+pub mod plan;
 pub mod render;
 pub mod resources;

@@ -6,7 +6,6 @@
 
 pub mod certificate;
 pub mod config_map;
-pub mod dns_endpoint;
 pub mod images;
 pub mod imap;
 pub mod mta;
@@ -99,20 +98,11 @@ pub mod keys {
     pub const TLS_CERT: &str = "tls.crt";
     pub const TLS_KEY: &str = "tls.key";
     pub const TLS_CA: &str = "ca.crt";
-    /// Internal CA Secret (never mounted in a pod).
-    pub const CA_CERT: &str = "ca.crt";
-    pub const CA_KEY: &str = "ca.key";
     /// Internal Secret: the doveadm password (replication and backup) ...
     pub const DOVEADM_PASSWORD: &str = "doveadm-password";
     /// ... and the key that derives password-hash salts, so a hash only changes with its password.
     pub const HASH_KEY: &str = "hash-key";
-    /// DKIM Secret: which selector signs for each domain (Rspamd `selector_map`).
-    pub const DKIM_SELECTORS: &str = "selectors.map";
 
-    /// DKIM Secret: the private key of `selector`.
-    pub fn dkim_key(selector: &str) -> String {
-        format!("{selector}.key")
-    }
     /// Users Secret `shard`: its passwd-file, named as Dovecot's `%1Mu` lookup expects.
     pub fn users_shard(shard: usize) -> String {
         format!("{shard:x}.passwd")
