@@ -15,3 +15,4 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod resources;
+pub mod userdb;
