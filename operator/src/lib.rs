@@ -12,4 +12,7 @@ pub mod dns;
 pub mod manifest;
 pub mod names;
 pub mod pki;
+pub mod plan;
 pub mod render;
+pub mod resources;
+pub mod userdb;
