@@ -13,3 +13,4 @@ pub mod manifest;
 pub mod names;
 pub mod pki;
 pub mod render;
+pub mod userdb;
