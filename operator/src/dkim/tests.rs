@@ -329,8 +329,16 @@ fn rotation_over_two_full_cycles() {
     assert_eq!(state.status(&plan).unwrap().next_selector, None);
 
     // The keys survive the Secret: same state after a round trip.
-    let data = state.to_secret_data();
-    assert_eq!(data[rotation::ACTIVE_SELECTOR_KEY], s3);
+    let mut spec = crate::pki::tests::quickstart_domain().spec;
+    spec.alias_domains = vec!["example.org".into()];
+    let data = state.to_secret_data(&spec);
+    assert_eq!(
+        data["selectors.map"],
+        format!("example.com {s3}\nexample.org {s3}\n")
+    );
+    let active_pem = &state.active().unwrap().key.private_pem;
+    assert_eq!(&data[&format!("example.com.{s3}.key")], active_pem);
+    assert_eq!(&data[&format!("example.org.{s3}.key")], active_pem);
     assert_eq!(DkimState::from_secret_data(&data).unwrap(), state);
 }
 

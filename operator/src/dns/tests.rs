@@ -367,12 +367,15 @@ fn render_dns_of_the_quickstart_publishes_the_rendered_secrets_key() {
 
     // The DKIM record holds the public half of the key in the rendered DKIM Secret: a message
     // signed with that Secret's active key verifies against the parsed record.
-    let secret_data = state.dkim.to_secret_data();
-    let selector = &secret_data["active.selector"];
+    let secret_data = state.dkim.to_secret_data(&md.spec);
+    let (_, selector) = secret_data["selectors.map"]
+        .trim_end()
+        .split_once(' ')
+        .unwrap();
     let private = DkimKey::from_private_pem(
         selector,
         DkimAlgorithm::Rsa2048,
-        secret_data["active.key"].clone(),
+        secret_data[&format!("example.com.{selector}.key")].clone(),
     )
     .unwrap();
     let (_, _, txt) = parsed
