@@ -222,9 +222,13 @@ impl DkimState {
     /// `<selector>.key` per key (private PEM), which [`Self::from_secret_data`] reads back;
     /// and the signer's files ([`crate::config::dkim_files`]): `selectors.map` naming the
     /// active selector of the domain and of each alias domain, and the active key as
-    /// `<domain>.<selector>.key` for each. A rotation changes only this Secret; the signer
-    /// re-reads the map and keys without a restart or a configuration change.
-    pub fn to_secret_data(&self, spec: &MailDomainSpec) -> BTreeMap<String, String> {
+    /// `<domain>.<selector>.key` for each, in the signer's form ([`DkimKey::signer_key`]).
+    /// A rotation changes only this Secret; the signer re-reads the map and keys without a
+    /// restart or a configuration change.
+    pub fn to_secret_data(
+        &self,
+        spec: &MailDomainSpec,
+    ) -> Result<BTreeMap<String, String>, DkimError> {
         let stored = StoredState {
             keys: self
                 .keys
@@ -248,16 +252,14 @@ impl DkimState {
         let mut map = String::new();
         if let Some(active) = self.active() {
             let selector = &active.key.selector;
+            let signer_key = active.key.signer_key()?;
             for domain in spec.all_domains() {
                 map.push_str(&format!("{domain} {selector}\n"));
-                data.insert(
-                    dkim_files::key(domain, selector),
-                    active.key.private_pem.clone(),
-                );
+                data.insert(dkim_files::key(domain, selector), signer_key.clone());
             }
         }
         data.insert(dkim_files::SELECTORS_MAP.to_string(), map);
-        data
+        Ok(data)
     }
 
     /// Reads the DKIM Secret's data (as text, see [`crate::pki::secret_text`]). An empty Secret

@@ -19,7 +19,8 @@ fn at(t: Timestamp, d: Duration) -> Timestamp {
 
 /// Signs a message with `private_pem` using dkimpy and verifies it against the zone-file TXT
 /// data `txt_presentation` served by the test's resolver. Ed25519 keys are handed to dkimpy in
-/// its own format (the base64 seed), taken from the PKCS#8 PEM by this script.
+/// its own format (the base64 seed), taken by this script from the PKCS#8 PEM or from the
+/// signer's form (seed and public key).
 const DKIMPY_SIGN_AND_VERIFY: &str = r#"
 import base64, json, re, sys
 import dkim
@@ -27,11 +28,16 @@ import dkim
 req = json.load(sys.stdin)
 domain, selector = req["domain"].encode(), req["selector"].encode()
 pem = req["private_pem"]
-if req["algorithm"] == "ed25519":
+if req["algorithm"] == "ed25519" and pem.startswith("-----"):
     der = base64.b64decode("".join(l for l in pem.splitlines() if not l.startswith("-----")))
     prefix = bytes.fromhex("302e020100300506032b657004220420")
     assert der[:16] == prefix and len(der) == 48, "PKCS#8 v1 Ed25519 key"
     private, algo = base64.b64encode(der[16:]), b"ed25519-sha256"
+elif req["algorithm"] == "ed25519":
+    # Rspamd's form: base64 of seed and public key.
+    raw = base64.b64decode(pem, validate=True)
+    assert len(raw) == 64, "seed and public key"
+    private, algo = base64.b64encode(raw[:32]), b"ed25519-sha256"
 else:
     private, algo = pem.encode(), b"rsa-sha256"
 
@@ -133,6 +139,16 @@ fn ed25519_key_txt_verifies_a_signature_made_with_the_private_key() {
     assert_eq!(
         dkimpy_verifies(&key, "example.org", &published_txt(&other)),
         Ok(false)
+    );
+    // The signer's copy of the key signs for the same record.
+    let signer = DkimKey {
+        private_pem: key.signer_key().unwrap(),
+        ..key.clone()
+    };
+    assert!(!signer.private_pem.contains('\n'));
+    assert_eq!(
+        dkimpy_verifies(&signer, "example.org", &published_txt(&key)),
+        Ok(true)
     );
 }
 
@@ -331,14 +347,14 @@ fn rotation_over_two_full_cycles() {
     // The keys survive the Secret: same state after a round trip.
     let mut spec = crate::pki::tests::quickstart_domain().spec;
     spec.alias_domains = vec!["example.org".into()];
-    let data = state.to_secret_data(&spec);
+    let data = state.to_secret_data(&spec).unwrap();
     assert_eq!(
         data["selectors.map"],
         format!("example.com {s3}\nexample.org {s3}\n")
     );
-    let active_pem = &state.active().unwrap().key.private_pem;
-    assert_eq!(&data[&format!("example.com.{s3}.key")], active_pem);
-    assert_eq!(&data[&format!("example.org.{s3}.key")], active_pem);
+    let signer_key = state.active().unwrap().key.signer_key().unwrap();
+    assert_eq!(data[&format!("example.com.{s3}.key")], signer_key);
+    assert_eq!(data[&format!("example.org.{s3}.key")], signer_key);
     assert_eq!(DkimState::from_secret_data(&data).unwrap(), state);
 }
 

@@ -367,7 +367,7 @@ fn render_dns_of_the_quickstart_publishes_the_rendered_secrets_key() {
 
     // The DKIM record holds the public half of the key in the rendered DKIM Secret: a message
     // signed with that Secret's active key verifies against the parsed record.
-    let secret_data = state.dkim.to_secret_data(&md.spec);
+    let secret_data = state.dkim.to_secret_data(&md.spec).unwrap();
     let (_, selector) = secret_data["selectors.map"]
         .trim_end()
         .split_once(' ')
