@@ -142,6 +142,42 @@ fn dovecot_accepts_every_instance_configuration() {
 }
 
 #[test]
+fn every_option_variant_passes_the_daemons_checks() {
+    use crate::api::maildomain::RegionRole;
+    let dir = tempfile::Builder::new()
+        .prefix("postwarden-config-")
+        .tempdir()
+        .expect("tempdir");
+    let mut md = quickstart();
+    md.spec.alias_domains = vec!["example.org".into()];
+    md.spec.mta.proxy_protocol = true;
+    md.spec.imap.proxy_protocol = true;
+    md.spec.imap.replicas = 1;
+    md.spec.spam.enabled = false;
+    md.spec.region.role = RegionRole::Secondary;
+    md.spec.region.peer_hostname = Some("mx1.example.com".into());
+    let layout = Layout::local(dir.path(), free_port_base(1), 1);
+    write_tree(&md, &layout, &quickstart_mailboxes());
+    fs::create_dir_all(layout.queue_dir()).unwrap();
+    fs::create_dir_all(layout.postfix_data_dir()).unwrap();
+    let config = layout.config_dir();
+    run_ok(Command::new("postfix").arg("-c").arg(&config).arg("check"));
+    for flag in ["-n", "-M"] {
+        let out = run_ok(Command::new("postconf").arg("-c").arg(&config).arg(flag));
+        assert!(!out.contains("warning"), "{out}");
+    }
+    let conf = config.join(dovecot::instance_file_name(0));
+    let out = run_ok(Command::new("doveconf").arg("-c").arg(&conf).arg("-n"));
+    assert!(out.contains("haproxy = yes"), "{out}");
+    run_ok(
+        Command::new("rspamadm")
+            .arg("configtest")
+            .arg("-c")
+            .arg(config.join(rspamd::RSPAMD_CONF)),
+    );
+}
+
+#[test]
 fn rspamd_accepts_the_rendered_configuration() {
     let (_dir, _md, layout) = local_tree(1);
     let conf = layout.config_dir().join(rspamd::RSPAMD_CONF);

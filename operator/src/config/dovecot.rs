@@ -25,6 +25,13 @@ pub fn instance_file_name(ordinal: usize) -> String {
     format!("dovecot-{ordinal}.conf")
 }
 
+/// Where the entrypoint links the running instance's configuration: what `doveadm -c` needs
+/// inside the container (probes, backups). The shared `dovecot.conf` alone lacks the
+/// instance's base_dir, so doveadm would not find the running Dovecot through it.
+pub fn runtime_config_path(layout: &Layout, ordinal: usize) -> std::path::PathBuf {
+    layout.imap_instance(ordinal).run_dir.join(DOVECOT_CONF)
+}
+
 /// `dovecot.conf` and `dovecot-<ordinal>.conf` for every replica.
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     let mut files = BTreeMap::from([(DOVECOT_CONF.to_string(), shared(md, layout))]);
