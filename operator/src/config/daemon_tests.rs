@@ -366,3 +366,46 @@ fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_change
         std::net::TcpStream::connect(("127.0.0.1", ports.lmtp)).is_err()
     });
 }
+
+#[test]
+fn two_dovecot_instances_replicate_over_tls() {
+    let (_guard, _md, layout) = local_tree(2);
+    let config = layout.config_dir();
+    let started = std::time::Instant::now();
+    let entries: Vec<Entrypoint> = (0..2)
+        .map(|i| {
+            let log = layout.root.join(format!("imap-{i}.log"));
+            let entry = Entrypoint::start(
+                &config.join(scripts::IMAP_ENTRYPOINT),
+                &[("POSTWARDEN_ORDINAL", &i.to_string())],
+                &log,
+            );
+            wait_for_port(layout.imap_instance(i).ports.lmtp, "Dovecot LMTP", &log);
+            entry
+        })
+        .collect();
+    let replies = lmtp_deliver(
+        layout.imap_instance(0).ports.lmtp,
+        "bob@example.com",
+        "replicated",
+    );
+    assert!(replies.contains("250 2.0.0 <bob@example.com>"), "{replies}");
+    let delivered = std::time::Instant::now();
+    let new_dir = layout
+        .imap_instance(1)
+        .mail_dir
+        .join("example.com/bob/Maildir/new");
+    eventually(20, "the message reaches instance 1", || {
+        fs::read_dir(&new_dir).is_ok_and(|d| d.count() == 1)
+    });
+    eprintln!(
+        "replication: instances up in {:?}, message on the peer {:?} after delivery",
+        delivered - started,
+        delivered.elapsed()
+    );
+    let log = fs::read_to_string(layout.log_file("dovecot-1").unwrap()).unwrap();
+    assert!(!log.contains("SSL handshake failed"), "{log}");
+    for entry in entries {
+        assert!(entry.stop().success());
+    }
+}
