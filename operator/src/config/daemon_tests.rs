@@ -561,8 +561,8 @@ fn postfix_refuses_relay_and_unknown_recipients_and_reloads_changed_maps() {
         std::net::TcpStream::connect(("127.0.0.1", ports.smtp)).is_err()
     });
 
-    // The queue volume outlives the pod: a pid file naming a live process (as pid numbers
-    // repeat in a new pod) must not keep Postfix from starting again.
+    // The queue volume outlives the pod: the pid file left on it (here naming a live process,
+    // as pid numbers repeat in a new pod) must not keep Postfix from starting again.
     fs::write(
         layout.queue_dir().join("pid/master.pid"),
         format!("{:>10}\n", std::process::id()),
