@@ -4,3 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+# The Helm chart, install.yaml, examples, alert rules and dashboard, validated offline.
+python3 -m pytest -q -p no:cacheprovider e2e/test_manifests.py
