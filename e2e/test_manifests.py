@@ -595,3 +595,53 @@ def test_chart_readme_embeds_the_tested_health_check():
     indented = "".join("      " + line if line.strip() else line for line in script.splitlines(True))
     for kind in ("MailDomain", "Mailbox"):
         assert f"resource.customizations.health.postwarden.dev_{kind}: |\n{indented}" in readme, kind
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / "images" / name / "Dockerfile").read_text()
+
+
+def apt_installed(text: str) -> set[str]:
+    """Packages a Dockerfile installs with apt-get install (continuation lines joined)."""
+    joined = re.sub(r"\\\n", " ", text)
+    packages = set()
+    for command in re.findall(r"apt-get install ([^&\n]+)", joined):
+        packages |= {w for w in command.split() if not w.startswith("-")}
+    return packages
+
+
+def test_mail_images_carry_the_daemons_the_tests_run():
+    deps = re.sub(r"\\\n", " ", (ROOT / "e2e" / "install-deps.sh").read_text())
+    tested = {w for w in re.search(r"apt-get install ([^>\n]+)", deps).group(1).split() if not w.startswith("-") and not w.startswith("$")}
+    mta, imap = apt_installed(dockerfile("mail-mta")), apt_installed(dockerfile("mail-imap"))
+    assert {"postfix", "rspamd"} <= mta and {"postfix", "rspamd"} <= tested
+    assert {"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "restic"} <= imap & tested
+    assert "prometheus-postfix-exporter" in dockerfile("mail-mta")
+    for name in ("mail-mta", "mail-imap"):
+        text = dockerfile(name)
+        # The same Debian release as the CI machines the mail-path tests run on.
+        assert re.findall(r"^FROM (\S+)", text, re.M) == ["docker.io/library/debian:bookworm-slim"], name
+        assert "rm -rf /var/lib/apt/lists/*" in text and "--no-install-recommends" in text
+
+
+def test_operator_image_runs_as_the_uid_the_chart_sets():
+    text = dockerfile("operator")
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert stages[-1] == "gcr.io/distroless/cc-debian12:nonroot"
+    assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "65532:65532"
+    assert 'ENTRYPOINT ["/usr/local/bin/postwarden"]' in text
+    pod = by_kind(objects({}), "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532 and pod["securityContext"]["runAsGroup"] == 65532
+
+
+def test_build_script_tags_match_the_chart():
+    build = (ROOT / "images" / "build.sh").read_text()
+    for image in ("postwarden", "mail-mta", "mail-imap"):
+        assert f'"$registry/{image}:$version"' in build
+    assert 'registry="${REGISTRY:-ghcr.io/postwarden}"' in build
+    values = yaml.safe_load((render_chart.CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == "ghcr.io/postwarden/postwarden"
+    assert "ghcr.io/postwarden/mail-mta:<appVersion>" in (render_chart.CHART / "values.yaml").read_text()
