@@ -1,9 +1,11 @@
-"""The Postfix queue reaches Prometheus the way the chart's PodMonitor and alerts expect.
+"""Mail stack statistics reach Prometheus the way the chart's PodMonitor, alerts and dashboard
+expect: the Postfix queue through the exporter sidecar, Dovecot's own OpenMetrics listener
+configured as the chart README documents.
 
 A throwaway Postfix instance on 127.0.0.1 (no listening SMTP service) defers a message to a
 closed loopback port; the queue exporter of the mail-mta image, run as the postfix user like the
 sidecar, must report it under the metric names PostwardenMtaQueueGrowing and the dashboard use.
-Needs root (Postfix's master) and e2e/install-deps.sh.
+A throwaway Dovecot with that stats configuration counts a login, a failed login and IMAP\ncommands. Needs root (the daemons' masters) and e2e/install-deps.sh.
 
 Run: python3 -m pytest -q e2e/test_observability.py
 """
@@ -131,3 +133,123 @@ def test_postfix_queue_exporter_reports_deferred_mail(postfix_instance):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- Dovecot's OpenMetrics listener -------------------------------------------------------
+
+CHART_README = Path(__file__).resolve().parent.parent / "charts" / "postwarden" / "README.md"
+DASHBOARD = CHART_README.parent / "dashboards" / "postwarden.json"
+
+
+def documented_dovecot_stats() -> str:
+    """The Dovecot stats configuration the chart README tells the config renderer to emit."""
+    blocks = re.findall(r"```\n(service stats \{.*?)```", CHART_README.read_text(), re.S)
+    assert len(blocks) == 1, "chart README must hold one Dovecot stats block"
+    return blocks[0]
+
+
+@pytest.fixture
+def dovecot_instance():
+    assert os.geteuid() == 0, "Dovecot's master needs root: run as root (CI does)"
+    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    assert os.access(dovecot, os.X_OK), "dovecot is not installed (e2e/install-deps.sh)"
+    base = Path(tempfile.mkdtemp(prefix="postwarden-stats-"))
+    base.chmod(0o755)
+    (base / "run").mkdir()
+    (base / "home").mkdir()
+    shutil.chown(base / "home", "dovecot")
+    imap_port, metrics_port = free_port(), free_port()
+    stats = documented_dovecot_stats().replace("port = 9900", f"address = 127.0.0.1\n    port = {metrics_port}")
+    conf = base / "dovecot.conf"
+    conf.write_text(
+        f"""base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = static
+  args = password=correct-horse
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={base}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+{stats}"""
+    )
+    # Dovecot daemonizes: its children must not hold pipes of ours open.
+    subprocess.run([dovecot, "-c", str(conf)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield {"conf": conf, "imap": imap_port, "metrics": metrics_port, "log": base / "dovecot.log"}
+    finally:
+        subprocess.run(["doveadm", "-c", str(conf), "stop"], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def imap_session(port: int, commands: list[bytes]) -> list[bytes]:
+    """Tagged replies to `commands` (tags a, b, c, ...) on one plain IMAP connection."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        stream = sock.makefile("rwb")
+        stream.readline()
+        for i, command in enumerate(commands):
+            tag = bytes([ord("a") + i])
+            stream.write(tag + b" " + command + b"\r\n")
+            stream.flush()
+            while True:
+                line = stream.readline()
+                if not line or line.startswith(tag + b" "):
+                    replies.append(line)
+                    break
+    return replies
+
+
+def test_dovecot_exports_the_metrics_the_dashboard_uses(dovecot_instance):
+    port = dovecot_instance["metrics"]
+    metrics = ""
+    for _ in range(50):
+        try:
+            metrics = scrape(port)
+            break
+        except OSError:
+            time.sleep(0.1)
+    assert "dovecot_build_info" in metrics, metrics
+
+    replies = imap_session(dovecot_instance["imap"], [b"LOGIN alice correct-horse", b"NOOP", b"NOOP", b"LOGOUT"])
+    assert all(b" OK " in r for r in replies), replies
+    assert b" NO " in imap_session(dovecot_instance["imap"], [b"LOGIN bob wrong"])[0]
+
+    samples = {}
+    for _ in range(50):
+        samples = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(dovecot_\w+(?:\{[^}]*\})?) (\S+)$", scrape(port), re.M)
+        }
+        if samples.get("dovecot_auth_failure_total") == 1:
+            break
+        time.sleep(0.1)
+    log = dovecot_instance["log"].read_text() if dovecot_instance["log"].exists() else ""
+    assert samples.get("dovecot_auth_success_total") == 1, f"{samples}\n{log}"
+    assert samples.get("dovecot_auth_failure_total") == 1, samples
+    assert samples.get("dovecot_mail_delivery_total") == 0, samples
+    # group_by exports a series per cmd_name AND per (cmd_name, reply state): the dashboard
+    # selects tagged_reply_state="" so that commands are not counted twice.
+    assert samples.get('dovecot_imap_command_total{cmd_name="NOOP"}') == 2, samples
+    assert samples.get('dovecot_imap_command_total{cmd_name="NOOP",tagged_reply_state="OK"}') == 2, samples
+
+    exported = {name.split("{")[0] for name in samples}
+    dashboard_dovecot = set(re.findall(r"\b(dovecot_\w+)", DASHBOARD.read_text()))
+    assert dashboard_dovecot and dashboard_dovecot <= exported, dashboard_dovecot - exported
