@@ -72,11 +72,7 @@ pub struct OfflineState {
 }
 
 /// The internal CA and serving certificate of a rendered domain.
-#[derive(Clone, Debug)]
-pub struct OfflineTls {
-    pub ca: crate::pki::CaState,
-    pub serving: crate::pki::CertKeyPair,
-}
+pub type OfflineTls = crate::pki::InternalTls;
 
 impl OfflineState {
     /// The state of `md` at `now`, from the Secrets among `inputs` where present.
@@ -102,8 +98,7 @@ impl OfflineState {
         let dkim_generated = stored_dkim.is_none();
         let dkim = crate::dkim::DkimState::from_secret_data(&stored_dkim.unwrap_or_default())
             .with_context(|| format!("Secret {}", names.dkim()))?;
-        let plan = crate::dkim::plan_rotation(&dkim, &md.spec.dkim, now);
-        let dkim = dkim.apply(&plan, now, crate::dkim::generate)?;
+        let (dkim, _) = crate::dkim::advance(&dkim, &md.spec.dkim, now)?;
 
         let tls = &md.spec.tls;
         let tls = if tls.cert_manager.is_none() && tls.secret_name.is_none() {
@@ -112,30 +107,16 @@ impl OfflineState {
                     .with_context(|| format!("Secret {}", names.ca()))?,
                 None => None,
             };
-            let common_name = format!("{} mail CA", md.spec.domain);
-            let (ca, _) =
-                crate::pki::advance_ca(ca, &common_name, &crate::pki::CaPolicy::default(), now)?;
-            let policy = crate::pki::RenewalPolicy::from_spec(&md.spec.tls)?;
-            let dns_names =
-                crate::pki::serving_dns_names(md, namespace.as_deref().unwrap_or("default"));
-            let current = secret(names.tls()).and_then(|d| {
+            let serving = secret(names.tls()).and_then(|d| {
                 Some(crate::pki::CertKeyPair {
                     cert_pem: d.get("tls.crt")?.clone(),
                     key_pem: d.get("tls.key")?.clone(),
                 })
             });
-            let decision = crate::pki::decide(
-                current.as_ref().map(|c| c.cert_pem.as_str()),
-                &ca.current.cert_pem,
-                &dns_names,
-                &policy,
-                now,
-            );
-            let serving = match (decision, current) {
-                (crate::pki::Renewal::Valid { .. }, Some(current)) => current,
-                _ => crate::pki::issue_serving(&ca.current, &dns_names, now, policy.lifetime)?,
-            };
-            Some(OfflineTls { ca, serving })
+            let namespace = namespace.as_deref().unwrap_or("default");
+            Some(crate::pki::advance_internal_tls(
+                md, namespace, ca, serving, now,
+            )?)
         } else {
             None
         };
