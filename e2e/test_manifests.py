@@ -537,7 +537,7 @@ def test_monitors_scrape_the_operator_and_every_mail_exporter():
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (pm,) = by_kind(objs, "PodMonitor")
-    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["postfix-metrics", "rspamd-metrics", "dovecot-metrics"]
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics", "postfix-metrics"]
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     (pm_ns,) = by_kind(objects(SCENARIOS["single-namespace"]), "PodMonitor")
     assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["mail"]}
@@ -645,3 +645,17 @@ def test_build_script_tags_match_the_chart():
     values = yaml.safe_load((render_chart.CHART / "values.yaml").read_text())
     assert values["image"]["repository"] == "ghcr.io/postwarden/postwarden"
     assert "ghcr.io/postwarden/mail-mta:<appVersion>" in (render_chart.CHART / "values.yaml").read_text()
+
+
+def test_image_users_match_the_ids_the_pods_run_as():
+    ids = dict(re.findall(r"pub const (\w+): i64 = (\d+);", (ROOT / "operator/src/resources/mod.rs").read_text()))
+    mta, imap = dockerfile("mail-mta"), dockerfile("mail-imap")
+    assert f"usermod --uid {ids['RSPAMD']} --gid {ids['RSPAMD']} _rspamd" in mta
+    assert f"useradd --uid {ids['VMAIL']} --gid {ids['VMAIL']} " in imap
+
+
+def test_operator_default_mail_images_are_the_ones_built_here():
+    images_rs = (ROOT / "operator/src/resources/images.rs").read_text()
+    assert '"ghcr.io/postwarden"' in images_rs
+    assert '"/mail-mta:",\n    env!("CARGO_PKG_VERSION")' in images_rs
+    assert '"/mail-imap:",\n    env!("CARGO_PKG_VERSION")' in images_rs
