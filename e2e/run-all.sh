@@ -4,3 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+# The Helm chart, install.yaml, examples, alert rules and dashboard, validated offline, and the
+# Postfix queue exporter against a real Postfix queue.
+python3 -m pytest -q -p no:cacheprovider e2e/test_manifests.py e2e/test_observability.py
