@@ -434,6 +434,12 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
             imap::DOVECOT_CAPABILITIES,
             Some(0),
         ),
+        (
+            &c.stateful_sets[0],
+            "postfix-exporter",
+            &[][..],
+            Some(crate::resources::ids::POSTFIX),
+        ),
     ];
     for (sts, name, caps, user) in expect {
         let sc = container(sts, name).security_context.as_ref().unwrap();
@@ -479,7 +485,14 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
                 "{}",
                 ctr.name
             );
-            assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+            assert!(ctr.liveness_probe.is_some(), "{}", ctr.name);
+            // Every daemon gates readiness; the metrics exporter does not.
+            assert_eq!(
+                ctr.readiness_probe.is_some(),
+                ctr.name != mta::EXPORTER_CONTAINER,
+                "{}",
+                ctr.name
+            );
         }
     }
     assert_eq!(
@@ -518,6 +531,9 @@ fn mounts_follow_the_layout_and_refresh_in_place() {
     let rspamd = mounts(&c.stateful_sets[0], "rspamd");
     assert_eq!(rspamd["dkim"], (path(layout.dkim_dir()), true));
     assert!(!rspamd.contains_key("tls") && !rspamd.contains_key("maps"));
+    let exporter = mounts(&c.stateful_sets[0], "postfix-exporter");
+    assert_eq!(exporter.len(), 1);
+    assert_eq!(exporter["queue"], ("/var/spool".to_string(), true));
     let dovecot = mounts(&c.stateful_sets[1], "dovecot");
     assert_eq!(dovecot["users"], (path(layout.users_dir()), true));
     assert_eq!(dovecot["secrets"], (path(layout.secrets_dir()), true));
