@@ -828,3 +828,50 @@ fn spec_drives_replicas_images_placement_and_resources() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
 }
+
+/// `n` Mailboxes `user<i>` with a ready hash, each forwarding a copy elsewhere.
+fn many_mailboxes(fx: &Fixture, n: usize) -> Vec<Mailbox> {
+    let template = &fx.inputs.mailboxes[1];
+    (0..n)
+        .map(|i| {
+            let mut m = template.clone();
+            m.metadata.name = Some(format!("user{i}"));
+            m.spec.local_part = format!("user{i}");
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn objects_over_the_api_size_limit_are_refused_by_name() {
+    const HASH: &str = "{SHA512-CRYPT}$6$abcdefghijklmnop$ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk";
+    let fx = Fixture::quickstart();
+    for (n, fits) in [(1_000, true), (12_000, false)] {
+        let boxes = many_mailboxes(&fx, n);
+        let mut inputs = fx.domain_inputs();
+        inputs.mailboxes = boxes
+            .iter()
+            .map(|mb| MailboxInput {
+                mailbox: mb,
+                resolved: resolve_mailbox(mb, "example.com", Some(HASH), TEST_HASH_KEY),
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let result = desired(&inputs);
+        println!("desired() with {n} mailboxes: {:?}", t.elapsed());
+        match result {
+            Ok(c) => {
+                assert!(fits, "{n} mailboxes fit");
+                assert_eq!(c.mailboxes.len(), n);
+            }
+            Err(e) => {
+                assert!(!fits, "{n}: {e}");
+                let PlanError::TooLarge { kind, name, bytes } = e else {
+                    panic!("{e}")
+                };
+                assert_eq!((kind, name.as_str()), ("ConfigMap", "example-com-maps"));
+                assert!(bytes > MAX_DATA_BYTES);
+            }
+        }
+    }
+}
