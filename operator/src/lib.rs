@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod crd;
+pub mod local;
 pub mod manifest;
 pub mod names;
 pub mod render;
