@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from clients import tls_context  # noqa: E402
 from manifest import Manifest  # noqa: E402
+from sink import Sink  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_BASE = int(os.environ.get("MAILPATH_PORT_BASE", "20000"))
@@ -88,7 +89,14 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack():
+def sink():
+    """Receives everything the stack sends out (its relayhost is 127.0.0.1:port-base+1025)."""
+    with Sink(PORT_BASE + 1025) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack(sink):
     binary = postwarden_binary()
     directory = Path(tempfile.mkdtemp(prefix="postwarden-mailpath-"))
     manifest = Manifest()
