@@ -7,7 +7,10 @@
 pub mod api;
 pub mod config;
 pub mod crd;
+pub mod dkim;
+pub mod dns;
 pub mod local;
 pub mod manifest;
 pub mod names;
+pub mod pki;
 pub mod render;
