@@ -28,9 +28,14 @@ pub struct Spec {
     pub args: Vec<OsString>,
     /// Every TCP port on 127.0.0.1 that must accept connections before the daemon is ready.
     pub ports: Vec<u16>,
+    /// Environment added to the inherited one.
+    pub env: Vec<(String, String)>,
     /// File receiving the process's stdout and stderr.
     pub log: PathBuf,
     pub stop: Stop,
+    /// Pid file of the daemon's main process when the started process is a wrapper (an
+    /// entrypoint script): reported as the daemon's pid, and checked to be gone after a stop.
+    pub main_pid_file: Option<PathBuf>,
 }
 
 /// A started daemon.
@@ -53,6 +58,7 @@ impl Daemon {
             .with_context(|| format!("opening {}", spec.log.display()))?;
         let child = Command::new(&spec.program)
             .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -70,6 +76,14 @@ impl Daemon {
     /// Pid of the process that was started.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Pid of the daemon's main process: from its pid file, else the started process.
+    pub fn main_pid(&self) -> Option<u32> {
+        match &self.spec.main_pid_file {
+            Some(file) => read_pid(file),
+            None => self.pid(),
+        }
     }
 
     /// Waits until every port accepts a connection; fails with the log's tail when the
@@ -115,27 +129,45 @@ impl Daemon {
 
     /// Asks the daemon to stop and waits up to `grace`, then kills its whole process group.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+        let main = self.main_pid();
+        let deadline = Instant::now() + grace;
+        if self.child.try_wait()?.is_none() {
+            let target = match &self.spec.stop {
+                Stop::Terminate => self.child.id(),
+                Stop::PidFile(path) => read_pid(path).or(self.child.id()),
+            };
+            if let Some(pid) = target {
+                signal(pid as i32, libc::SIGTERM);
+            }
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
+                if let Some(pgid) = self.child.id() {
+                    signal(-(pgid as i32), libc::SIGKILL);
+                }
+                self.child.wait().await?;
+                anyhow::bail!(
+                    "{} did not stop within {grace:?} and was killed",
+                    self.spec.name
+                );
+            }
         }
-        let target = match &self.spec.stop {
-            Stop::Terminate => self.child.id(),
-            Stop::PidFile(path) => read_pid(path).or(self.child.id()),
+        // The wrapper is gone; its daemon must follow (it may have left the process group).
+        let Some(main) = main.filter(|&p| Some(p) != self.child.id()) else {
+            return Ok(());
         };
-        if let Some(pid) = target {
-            signal(pid as i32, libc::SIGTERM);
+        while alive(main) {
+            if Instant::now() >= deadline {
+                signal(main as i32, libc::SIGKILL);
+                anyhow::bail!(
+                    "{} (pid {main}) outlived its entrypoint and was killed",
+                    self.spec.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(pgid) = self.child.id() {
-            signal(-(pgid as i32), libc::SIGKILL);
-        }
-        self.child.wait().await?;
-        anyhow::bail!(
-            "{} did not stop within {grace:?} and was killed",
-            self.spec.name
-        )
+        Ok(())
     }
 }
 
@@ -143,6 +175,20 @@ impl Daemon {
 pub fn signal(pid: i32, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// True while `pid` names a process that has not exited (zombies count as exited).
+pub fn alive(pid: u32) -> bool {
+    if !signal(pid as i32, 0) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// A pid file as daemons write it (Postfix pads it with spaces).
@@ -188,8 +234,10 @@ mod tests {
             program: super::super::preflight::find_program("python3").unwrap(),
             args: vec!["-c".into(), script.into()],
             ports: vec![port],
+            env: vec![],
             log: dir.join(format!("{name}.log")),
             stop: Stop::Terminate,
+            main_pid_file: None,
         }
     }
 
@@ -223,8 +271,10 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo fatal: bad config >&2; exit 3".into()],
             ports: vec![free_port()],
+            env: vec![],
             log: dir.join("broken.log"),
             stop: Stop::Terminate,
+            main_pid_file: None,
         };
         let mut d = Daemon::spawn(spec).unwrap();
         let err = d
@@ -251,8 +301,10 @@ mod tests {
                 format!("sleep 60 & echo \"   $!\" > {}; wait", pidfile.display()).into(),
             ],
             ports: vec![],
+            env: vec![],
             log: dir.join("wrapped.log"),
             stop: Stop::PidFile(pidfile.clone()),
+            main_pid_file: Some(pidfile.clone()),
         };
         let mut d = Daemon::spawn(spec).unwrap();
         d.wait_ready(Instant::now() + Duration::from_secs(5))
@@ -266,7 +318,7 @@ mod tests {
         let started = Instant::now();
         d.stop(Duration::from_secs(10)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(!signal(inner as i32, 0), "the inner process is gone");
+        assert!(!alive(inner), "the inner process is gone");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
