@@ -1,7 +1,6 @@
 //! Starting, watching and stopping one daemon process of the local stack.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -91,14 +90,8 @@ impl Daemon {
     pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
         let mut pending = self.spec.ports.clone();
         loop {
-            let mut still = Vec::new();
-            for port in pending {
-                let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-                if tokio::net::TcpStream::connect(addr).await.is_err() {
-                    still.push(port);
-                }
-            }
-            pending = still;
+            let listening = listening_ports().await;
+            pending.retain(|p| !listening.contains(p));
             if pending.is_empty() {
                 return Ok(());
             }
@@ -169,6 +162,34 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Ports with a listening TCP socket on 127.0.0.1 or any address. Read from /proc/net/tcp
+/// rather than by connecting, so the daemons do not log a probe as an aborted session.
+async fn listening_ports() -> std::collections::HashSet<u16> {
+    match tokio::fs::read_to_string("/proc/net/tcp").await {
+        Ok(table) => parse_listening(&table),
+        Err(_) => std::collections::HashSet::new(),
+    }
+}
+
+/// The listening ports in a /proc/net/tcp table (`local_address` is `HEXIP:HEXPORT`, state
+/// `0A` is LISTEN).
+fn parse_listening(table: &str) -> std::collections::HashSet<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let (ip, port) = local.split_once(':')?;
+            let loopback_or_any = ip == "0100007F" || ip == "00000000";
+            (state == "0A" && loopback_or_any)
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
 }
 
 /// Sends `sig` to `pid` (a negative pid names a process group).
@@ -247,6 +268,17 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernel_table() {
+        let table = "  sl  local_address rem_address   st tx_queue\n\
+   0: 0100007F:4E4E 00000000:0000 0A 00000000:00000000\n\
+   1: 0100007F:4E4F 0100007F:9C40 01 00000000:00000000\n\
+   2: 00000000:07E8 00000000:0000 0A 00000000:00000000\n\
+   3: 0200007F:4E50 00000000:0000 0A 00000000:00000000\n";
+        let ports = parse_listening(table);
+        assert_eq!(ports, [0x4E4E, 0x07E8].into_iter().collect());
     }
 
     #[tokio::test]
