@@ -13,7 +13,7 @@ use crate::config::{scripts, Layout};
 use crate::manifest;
 
 use super::apply::{self, Applied};
-use super::daemon::{Spec, Stop};
+use super::daemon::Spec;
 use super::preflight::{self, Program};
 use super::ready::{self, Ready};
 use super::stack::Stack;
@@ -318,7 +318,6 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         ports: vec![p.milter, p.rspamd_controller],
         env: env(&[]),
         log: console("rspamd"),
-        stop: Stop::Terminate,
         main_pid_file: None,
     }];
     for ordinal in 0..replicas {
@@ -331,7 +330,6 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
             ports: vec![i.imap, i.imaps, i.lmtp, i.auth, i.doveadm],
             env: env(&[("POSTWARDEN_ORDINAL", ordinal.to_string())]),
             log: console(&format!("dovecot-{ordinal}")),
-            stop: Stop::Terminate,
             main_pid_file: Some(inst.run_dir.join("dovecot/master.pid")),
         });
     }
@@ -342,7 +340,6 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         ports: vec![p.smtp, p.submission, p.submissions],
         env: env(&[]),
         log: console("postfix"),
-        stop: Stop::Terminate,
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });
     specs
