@@ -310,6 +310,29 @@ fn short_lived_certificate_is_not_renewed_over_and_over() {
 }
 
 #[test]
+fn common_names_fit_x509_limits() {
+    let t0 = ts("2026-01-01T00:00:00Z");
+    assert_eq!(
+        cert::dated_ca_name("example.com mail CA", t0),
+        "example.com mail CA 20260101T000000Z"
+    );
+    let long = format!("{}.example.com mail CA", "a".repeat(60));
+    assert_eq!(cert::dated_ca_name(&long, t0).len(), 64);
+    // A host name too long for a common name is still named by the DNS names.
+    let ca = new_ca("ca", t0, 365 * DAY).unwrap();
+    let host = format!("{}.{}.example.com", "a".repeat(40), "b".repeat(40));
+    let leaf = issue_serving(&ca, std::slice::from_ref(&host), t0, 90 * DAY).unwrap();
+    assert_eq!(inspect(&leaf.cert_pem).unwrap().dns_names, [host]);
+    let scratch = Scratch::new("long-cn");
+    let file = scratch.write("tls.crt", &leaf.cert_pem);
+    let (ok, subject) = openssl(&["x509", "-in", &file, "-noout", "-subject"]);
+    assert!(
+        ok && subject.contains("O = postwarden") && !subject.contains("CN"),
+        "{subject}"
+    );
+}
+
+#[test]
 fn renewal_policy_from_spec() {
     let mut tls = crate::api::maildomain::TlsSpec::default();
     let p = RenewalPolicy::from_spec(&tls).unwrap();
@@ -361,6 +384,14 @@ fn ca_rotation_keeps_both_cas_trusted_across_the_switch() {
     assert_eq!(p.actions, [CaAction::Introduce]);
     assert_eq!(p.requeue_at, at(t_intro, DAY));
     assert_eq!(introducing.current, ca.current);
+    let CaPhase::Introducing { next, .. } = &introducing.phase else {
+        panic!("introducing")
+    };
+    let subject = |pem: &str| {
+        let f = scratch.write("subject.crt", pem);
+        openssl(&["x509", "-in", &f, "-noout", "-subject"]).1
+    };
+    assert_ne!(subject(&next.cert_pem), subject(&ca.current.cert_pem));
     assert_eq!(certs_in(&introducing.trust_bundle()), 2);
     let bundle_during_intro = scratch.write("intro-bundle.crt", &introducing.trust_bundle());
     let renewed_by_old = issue_serving(&introducing.current, &names, t_intro, 9 * DAY).unwrap();
@@ -471,4 +502,83 @@ fn ca_state_round_trips_through_its_secret() {
     let broken = std::collections::BTreeMap::from([("ca.crt".to_string(), "junk".to_string())]);
     assert!(CaState::from_secret_data(&broken).is_err());
     assert!(!format!("{:?}", CaState::create("ca", &policy, t0).unwrap()).contains("PRIVATE KEY"));
+}
+
+#[test]
+fn internal_tls_pass_creates_keeps_renews_and_follows_the_ca() {
+    let md = quickstart_domain();
+    let t0 = ts("2026-01-01T00:00:00Z");
+    let first = advance_internal_tls(&md, "mail", None, None, t0).unwrap();
+    assert_eq!(first.ca_actions, [CaAction::Create]);
+    assert_eq!(first.renewed, Some(RenewReason::Missing));
+    // Default tls.duration 2160h (90 days), renewed with 30 days left.
+    let renew_at = at(t0, 60 * DAY);
+    assert_eq!(first.requeue_at, renew_at);
+    assert_eq!(first.status.secret_name, "example-com-tls");
+    assert_eq!(
+        first.status.not_after.as_deref(),
+        Some("2026-04-01T00:00:00Z")
+    );
+    assert_eq!(
+        first.status.renewal_time.as_deref(),
+        Some("2026-03-02T00:00:00Z")
+    );
+    let data = first.tls_secret_data();
+    assert_eq!(data["ca.crt"], first.ca.trust_bundle());
+    assert_eq!(data["tls.crt"], first.serving.cert_pem);
+
+    // Nothing changes until the renewal time.
+    let kept = advance_internal_tls(
+        &md,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        before(renew_at, Duration::from_secs(1)),
+    )
+    .unwrap();
+    assert!(kept.ca_actions.is_empty());
+    assert_eq!((kept.renewed, &kept.serving), (None, &first.serving));
+
+    let renewed = advance_internal_tls(
+        &md,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        renew_at,
+    )
+    .unwrap();
+    assert_eq!(renewed.renewed, Some(RenewReason::WithinRenewBefore));
+    assert_eq!(renewed.requeue_at, at(renew_at, 60 * DAY));
+
+    // A new Dovecot replica needs its pod name on the certificate.
+    let mut one_replica = md.clone();
+    one_replica.spec.imap.replicas = 1;
+    let fewer = advance_internal_tls(
+        &one_replica,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        at(t0, DAY),
+    )
+    .unwrap();
+    assert_eq!(fewer.renewed, Some(RenewReason::NamesChanged));
+
+    // When the CA switches, the certificate is reissued in the same pass.
+    let (_, ca_not_after) = cert_validity(&first.ca.current.cert_pem).unwrap();
+    let ca_roll = before(ca_not_after, CaPolicy::default().renew_before);
+    let introducing =
+        advance_internal_tls(&md, "mail", Some(first.ca.clone()), None, ca_roll).unwrap();
+    assert_eq!(introducing.ca_actions, [CaAction::Introduce]);
+    assert_eq!(introducing.requeue_at, at(ca_roll, DAY));
+    let switched = advance_internal_tls(
+        &md,
+        "mail",
+        Some(introducing.ca.clone()),
+        Some(introducing.serving.clone()),
+        at(ca_roll, DAY),
+    )
+    .unwrap();
+    assert_eq!(switched.ca_actions, [CaAction::Switch]);
+    assert_eq!(switched.renewed, Some(RenewReason::IssuerChanged));
+    assert!(is_issued_by(&switched.serving.cert_pem, &switched.ca.current.cert_pem).unwrap());
 }
