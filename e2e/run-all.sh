@@ -7,3 +7,7 @@ cargo test --workspace --locked
 # The Helm chart, install.yaml, examples, alert rules and dashboard, validated offline, and the
 # Postfix queue exporter against a real Postfix queue.
 python3 -m pytest -q -p no:cacheprovider e2e/test_manifests.py e2e/test_observability.py
+
+# The mail path: the rendered configuration in real Postfix, Dovecot and Rspamd (`local up`),
+# driven by real clients.
+e2e/mailpath/run.sh

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crd;
 pub mod dkim;
 pub mod dns;
+pub mod local;
 pub mod manifest;
 pub mod names;
 pub mod pki;
