@@ -25,6 +25,7 @@ pub mod mailbox;
 pub mod maildomain;
 pub mod mapping;
 pub mod metrics;
+pub mod state;
 pub mod status;
 
 use std::future::Future;
