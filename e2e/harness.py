@@ -105,8 +105,9 @@ class OperatorProcess:
     """One `postwarden run` process against a kubeconfig context, logging to a file."""
 
     def __init__(self, workdir: Path, kubeconfig: Path, identity: str, *, namespace: str,
-                 resync_seconds: int, extra_env: dict | None = None):
+                 resync_seconds: int, metrics_port: int, extra_env: dict | None = None):
         self.identity = identity
+        self.metrics_port = metrics_port
         self.log_path = workdir / f"operator-{identity}-{int(time.time() * 1000)}.log"
         self.log = open(self.log_path, "w")
         args = [str(operator_binary()), "run"] + os.environ.get("POSTWARDEN_E2E_RUN_ARGS", "").split()
@@ -117,7 +118,7 @@ class OperatorProcess:
             "POD_NAMESPACE": namespace,
             "POD_NAME": identity,
             "POSTWARDEN_RESYNC_SECONDS": str(resync_seconds),
-            "POSTWARDEN_METRICS_ADDR": "127.0.0.1:0",
+            "POSTWARDEN_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             **(extra_env or {}),
         }

@@ -52,9 +52,9 @@ def _metadata_causes(meta: dict) -> list[tuple[str, str]]:
     causes = []
     for k, v in (meta.get("labels") or {}).items():
         if not _qualified_name_ok(k):
-            causes.append((f"metadata.labels", f'Invalid value: "{k}": name part must be at most 63 characters'))
+            causes.append(("metadata.labels", f'Invalid value: "{k}": name part must be at most 63 characters'))
         if not isinstance(v, str) or (v and (len(v) > 63 or not _QUALIFIED_NAME_RE.match(v))):
-            causes.append((f"metadata.labels", f'Invalid value: "{v}": a valid label must be an empty string or '
+            causes.append(("metadata.labels", f'Invalid value: "{v}": a valid label must be an empty string or '
                                                "consist of alphanumeric characters, '-', '_' or '.' (at most 63)"))
     annotations = meta.get("annotations") or {}
     for k, v in annotations.items():
