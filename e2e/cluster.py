@@ -184,7 +184,7 @@ class RealCluster(Cluster):
         self._scale(1)
 
     def running(self) -> list[str]:
-        pods = self.kube.list("Pod", OPERATOR_NAMESPACE, labels="app.kubernetes.io/name=postwarden")
+        pods = self.kube.list("Pod", OPERATOR_NAMESPACE, labels="app.kubernetes.io/name=postwarden,app.kubernetes.io/component=operator")
         return [p["metadata"]["name"] for p in pods
                 if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 

@@ -110,7 +110,7 @@ class OperatorProcess:
         self.metrics_port = metrics_port
         self.log_path = workdir / f"operator-{identity}-{int(time.time() * 1000)}.log"
         self.log = open(self.log_path, "w")
-        args = [str(operator_binary()), "run"] + os.environ.get("POSTWARDEN_E2E_RUN_ARGS", "").split()
+        args = [str(operator_binary()), "run"] + os.environ.get("POSTWARDEN_E2E_RUN_ARGS", "--leader-elect").split()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig_for(workdir, kubeconfig, identity)),
