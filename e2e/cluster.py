@@ -14,10 +14,11 @@ import requests
 from harness import EmulatorProcess, OperatorProcess, writes_by
 from kube import Kube, wait_for
 
-OPERATOR_NAMESPACE = os.environ.get("POSTWARDEN_NAMESPACE", "postwarden-system")
+OPERATOR_NAMESPACE = os.environ.get("POSTWARDEN_E2E_OPERATOR_NAMESPACE", "postwarden-system")
 # How often the operator resyncs a MailDomain in the suite (the quiet test waits two of them).
 RESYNC_SECONDS = int(os.environ.get("POSTWARDEN_E2E_RESYNC_SECONDS", "4"))
 OPERATOR_USER_PREFIX = "operator-"
+OPERATOR_POD_SELECTOR = "app.kubernetes.io/name=postwarden,app.kubernetes.io/component=operator"
 
 
 def free_port() -> int:
@@ -83,7 +84,7 @@ class EmulatedCluster(Cluster):
         identity = identity or next(i for i in self.identities if i not in self.processes)
         self.processes[identity] = OperatorProcess(
             self.workdir, self.emulator.kubeconfig, identity, namespace=OPERATOR_NAMESPACE,
-            resync_seconds=RESYNC_SECONDS, metrics_port=free_port())
+            resync_seconds=RESYNC_SECONDS, metrics_port=free_port(), health_port=free_port())
         return identity
 
     def process(self, identity: str) -> OperatorProcess:
@@ -156,7 +157,7 @@ class RealCluster(Cluster):
 
     def __init__(self, kubeconfig: str):
         self.kube = Kube.from_kubeconfig(kubeconfig)
-        self.deployment = os.environ.get("POSTWARDEN_DEPLOYMENT", "postwarden")
+        self.deployment = os.environ.get("POSTWARDEN_E2E_DEPLOYMENT", "postwarden")
         self.env = {**os.environ}
 
     def _kubectl(self, *args: str) -> str:
@@ -184,7 +185,7 @@ class RealCluster(Cluster):
         self._scale(1)
 
     def running(self) -> list[str]:
-        pods = self.kube.list("Pod", OPERATOR_NAMESPACE, labels="app.kubernetes.io/name=postwarden,app.kubernetes.io/component=operator")
+        pods = self.kube.list("Pod", OPERATOR_NAMESPACE, labels=OPERATOR_POD_SELECTOR)
         return [p["metadata"]["name"] for p in pods
                 if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 

@@ -105,7 +105,7 @@ class OperatorProcess:
     """One `postwarden run` process against a kubeconfig context, logging to a file."""
 
     def __init__(self, workdir: Path, kubeconfig: Path, identity: str, *, namespace: str,
-                 resync_seconds: int, metrics_port: int, extra_env: dict | None = None):
+                 resync_seconds: int, metrics_port: int, health_port: int, extra_env: dict | None = None):
         self.identity = identity
         self.metrics_port = metrics_port
         self.log_path = workdir / f"operator-{identity}-{int(time.time() * 1000)}.log"
@@ -117,8 +117,10 @@ class OperatorProcess:
             # The Lease lives in the operator's namespace and names its holder after the pod.
             "POD_NAMESPACE": namespace,
             "POD_NAME": identity,
-            "POSTWARDEN_RESYNC_SECONDS": str(resync_seconds),
+            "POSTWARDEN_RESYNC": f"{resync_seconds}s",
             "POSTWARDEN_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+            "POSTWARDEN_HEALTH_ADDR": f"127.0.0.1:{health_port}",
+            "POSTWARDEN_LOG_FORMAT": "text",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             **(extra_env or {}),
         }
