@@ -7,6 +7,12 @@
 pub mod api;
 pub mod config;
 pub mod crd;
+pub mod dkim;
+pub mod dns;
 pub mod manifest;
 pub mod names;
+pub mod pki;
+pub mod plan;
 pub mod render;
+pub mod resources;
+pub mod userdb;
