@@ -4,3 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+
+# Kubernetes API tier: the emulator's own tests, then the operator binary against it
+# (or against the cluster KUBECONFIG points at). The suite runs target/debug/postwarden.
+cargo build --locked
+python3 -m pytest -q e2e/
