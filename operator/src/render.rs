@@ -114,7 +114,7 @@ fn domain_objects(
         dkim: &state.dkim,
         internal: &internal,
         images: Images::for_spec(&md.spec, &Images::default()),
-    });
+    })?;
     for outcome in &children.mailboxes {
         let problem = outcome
             .exclusion

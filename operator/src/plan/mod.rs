@@ -13,12 +13,9 @@
 pub mod addresses;
 pub mod children;
 
-use std::collections::BTreeMap;
-
 use kube::ResourceExt;
 
 use crate::api::{quantity, MailDomain, Mailbox};
-use crate::config::dkim_files;
 use crate::dkim::DkimState;
 use crate::pki::{CaState, CertKeyPair};
 use crate::resources::images::Images;
@@ -143,8 +140,16 @@ pub fn address(mailbox: &Mailbox, domain: &str) -> String {
     )
 }
 
+/// Why [`desired`] could not build the children (stored state the builders cannot use).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A DKIM key of the state cannot be written in the signer's form.
+    #[error("DKIM keys: {0}")]
+    Dkim(#[from] crate::dkim::DkimError),
+}
+
 /// Every child of the MailDomain, and the fate of each of its Mailboxes.
-pub fn desired(inputs: &DomainInputs<'_>) -> Children {
+pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
     let md = inputs.md;
     let domain = Domain::new(md, inputs.namespace);
     let layout = domain.layout();
@@ -176,7 +181,7 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Children {
     secrets.push(secret::build_internal(&domain, inputs.internal));
     secrets.push(secret::build_dkim(
         &domain,
-        dkim_secret_data(md, inputs.dkim),
+        inputs.dkim.to_secret_data(&md.spec)?,
     ));
     let mut certificates = Vec::new();
     match &inputs.tls {
@@ -210,7 +215,7 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Children {
         Vec::new()
     };
 
-    Children {
+    Ok(Children {
         service_account: Some(service_account::build(&domain)),
         secrets,
         config_maps: vec![mta_config, imap_config, maps],
@@ -235,7 +240,7 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Children {
         cron_jobs: Vec::new(),
         dns_endpoints,
         mailboxes,
-    }
+    })
 }
 
 /// The outcome of every Mailbox, in input order: address conflicts first (they do not depend
@@ -261,27 +266,6 @@ fn mailbox_outcomes(inputs: &DomainInputs<'_>) -> Vec<MailboxOutcome> {
             }
         })
         .collect()
-}
-
-/// The DKIM Secret's data: the key state as the dkim module stores and reads it back, plus
-/// the files Rspamd's signing configuration reads (`selectors.map`, naming the signing
-/// selector of each domain, and `<domain>.<selector>.key`). Both change in one Secret update,
-/// so the signer never sees a selector without its key.
-fn dkim_secret_data(md: &MailDomain, dkim: &DkimState) -> BTreeMap<String, String> {
-    let mut data = dkim.to_secret_data();
-    let mut selectors = String::new();
-    if let Some(active) = dkim.active() {
-        for d in md.spec.all_domains() {
-            let d = d.to_ascii_lowercase();
-            selectors.push_str(&format!("{d} {}\n", active.key.selector));
-            data.insert(
-                dkim_files::key(&d, &active.key.selector),
-                active.key.private_pem.clone(),
-            );
-        }
-    }
-    data.insert(dkim_files::SELECTORS_MAP.to_string(), selectors);
-    data
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ impl Fixture {
     }
 
     fn desired(&self) -> Children {
-        desired(&self.domain_inputs())
+        desired(&self.domain_inputs()).unwrap()
     }
 }
 
@@ -724,10 +724,13 @@ fn dkim_secret_serves_the_signer_and_keeps_the_rotation_state() {
         "example.com pw202601010000\nexample.net pw202601010000\n"
     );
     for d in ["example.com", "example.net"] {
-        assert_eq!(dkim[&dkim_files::key(d, "pw202601010000")], TEST_DKIM_KEY);
+        assert_eq!(
+            dkim[&crate::config::dkim_files::key(d, "pw202601010000")],
+            TEST_DKIM_KEY
+        );
     }
     // Everything the dkim module stores to read its state back is there, unchanged.
-    for (k, v) in fx.dkim.to_secret_data() {
+    for (k, v) in fx.dkim.to_secret_data(&fx.md().spec).unwrap() {
         assert_eq!(dkim.get(&k), Some(&v), "{k}");
     }
 }
@@ -765,7 +768,7 @@ fn spec_drives_replicas_images_placement_and_resources() {
     let md = fx.md().clone();
     let mut inputs = fx.domain_inputs();
     inputs.images = Images::for_spec(&md.spec, &Images::default());
-    let c = desired(&inputs);
+    let c = desired(&inputs).unwrap();
     let [mta, imap] = [&c.stateful_sets[0], &c.stateful_sets[1]];
     assert_eq!(mta.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(imap.spec.as_ref().unwrap().replicas, Some(2));
