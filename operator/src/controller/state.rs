@@ -16,7 +16,7 @@ use crate::api::maildomain::{CertificateStatus, DkimStatus};
 use crate::api::MailDomain;
 use crate::dkim::{self, DkimState, RotationAction};
 use crate::names::DomainNames;
-use crate::pki::{self, CaAction, CaPolicy, CaState, CertKeyPair, Renewal, RenewalPolicy};
+use crate::pki::{self, CaAction, CaState, CertKeyPair};
 use crate::resources::secret::{text_data, InternalSecrets};
 
 /// Where the serving certificate comes from.
@@ -57,7 +57,8 @@ pub fn advance(
     let mut changes = Vec::new();
     let mut scheduled = Vec::new();
 
-    let internal = match text(&names.internal()).and_then(|d| InternalSecrets::from_secret_data(&d)) {
+    let internal = match text(&names.internal()).and_then(|d| InternalSecrets::from_secret_data(&d))
+    {
         Some(s) => s,
         None => {
             changes.push("generated the internal secrets".to_string());
@@ -66,76 +67,58 @@ pub fn advance(
     };
 
     let stored = match text(&names.dkim()) {
-        Some(data) => DkimState::from_secret_data(&data).map_err(|e| format!("Secret {}: {e}", names.dkim()))?,
+        Some(data) => DkimState::from_secret_data(&data)
+            .map_err(|e| format!("Secret {}: {e}", names.dkim()))?,
         None => DkimState::default(),
     };
-    let plan = dkim::plan_rotation(&stored, &md.spec.dkim, now);
-    let dkim = stored
-        .apply(&plan, now, dkim::generate)
-        .map_err(|e| format!("DKIM rotation: {e}"))?;
+    let (dkim, plan) =
+        dkim::advance(&stored, &md.spec.dkim, now).map_err(|e| format!("DKIM rotation: {e}"))?;
     changes.extend(plan.actions.iter().map(describe_dkim));
-    let settled = dkim::plan_rotation(&dkim, &md.spec.dkim, now);
-    scheduled.push(settled.requeue_at);
-    let dkim_status = dkim.status(&settled);
+    scheduled.push(plan.requeue_at);
+    let dkim_status = dkim.status(&plan);
 
     let (tls, certificate) = if let Some(name) = &md.spec.tls.secret_name {
         let status = external_status(name, secrets.get(name));
-        (Tls::Existing { secret_name: name.clone() }, status)
+        (
+            Tls::Existing {
+                secret_name: name.clone(),
+            },
+            status,
+        )
     } else if md.spec.tls.cert_manager.is_some() {
         let name = names.tls();
         let status = external_status(&name, secrets.get(&name));
         (Tls::CertManager { secret_name: name }, status)
     } else {
         let ca = match text(&names.ca()) {
-            Some(data) => CaState::from_secret_data(&data).map_err(|e| format!("Secret {}: {e}", names.ca()))?,
+            Some(data) => CaState::from_secret_data(&data)
+                .map_err(|e| format!("Secret {}: {e}", names.ca()))?,
             None => None,
         };
-        let common_name = format!("{} mail CA", md.spec.domain);
-        let (ca, progress) =
-            pki::advance_ca(ca, &common_name, &CaPolicy::default(), now).map_err(|e| format!("internal CA: {e}"))?;
-        changes.extend(progress.actions.iter().map(describe_ca));
-        scheduled.push(progress.requeue_at);
-
-        let policy = RenewalPolicy::from_spec(&md.spec.tls).map_err(|e| e.to_string())?;
-        let dns_names = pki::serving_dns_names(md, namespace);
-        let current = text(&names.tls()).and_then(|d| {
+        let serving = text(&names.tls()).and_then(|d| {
             Some(CertKeyPair {
                 cert_pem: d.get("tls.crt")?.clone(),
                 key_pem: d.get("tls.key")?.clone(),
             })
         });
-        let decide = |pem: Option<&str>| pki::decide(pem, &ca.current.cert_pem, &dns_names, &policy, now);
-        let serving = match (decide(current.as_ref().map(|c| c.cert_pem.as_str())), current) {
-            (Renewal::Valid { .. }, Some(current)) => current,
-            (renewal, _) => {
-                let reason = match renewal {
-                    Renewal::RenewNow { reason } => reason.as_str(),
-                    Renewal::Valid { .. } => "Missing",
-                };
-                changes.push(format!("issued a serving certificate ({reason})"));
-                pki::issue_serving(&ca.current, &dns_names, now, policy.lifetime)
-                    .map_err(|e| format!("issuing the serving certificate: {e}"))?
-            }
-        };
-        let renewal_time = match decide(Some(&serving.cert_pem)) {
-            Renewal::Valid { renew_at } => {
-                scheduled.push(renew_at);
-                Some(renew_at.to_string())
-            }
-            Renewal::RenewNow { reason } => {
-                return Err(format!(
-                    "the serving certificate just issued needs renewal again ({})",
-                    reason.as_str()
-                ))
-            }
-        };
-        let not_after = pki::inspect(&serving.cert_pem).ok().map(|i| i.not_after.to_string());
-        let status = CertificateStatus {
-            secret_name: names.tls(),
-            not_after,
-            renewal_time,
-        };
-        (Tls::Internal { ca, serving }, Some(status))
+        let internal = pki::advance_internal_tls(md, namespace, ca, serving, now)
+            .map_err(|e| format!("internal CA and serving certificate: {e}"))?;
+        changes.extend(internal.ca_actions.iter().map(describe_ca));
+        if let Some(reason) = internal.renewed {
+            changes.push(format!(
+                "issued a serving certificate ({})",
+                reason.as_str()
+            ));
+        }
+        scheduled.push(internal.requeue_at);
+        let status = internal.status.clone();
+        (
+            Tls::Internal {
+                ca: internal.ca,
+                serving: internal.serving,
+            },
+            Some(status),
+        )
     };
 
     Ok(GeneratedState {
@@ -162,8 +145,12 @@ fn external_status(secret_name: &str, secret: Option<&Secret>) -> Option<Certifi
 
 fn describe_dkim(action: &RotationAction) -> String {
     match action {
-        RotationAction::GenerateActive { selector, .. } => format!("generated DKIM key {selector} and signs with it"),
-        RotationAction::GenerateNext { selector, .. } => format!("generated DKIM key {selector} (published ahead of use)"),
+        RotationAction::GenerateActive { selector, .. } => {
+            format!("generated DKIM key {selector} and signs with it")
+        }
+        RotationAction::GenerateNext { selector, .. } => {
+            format!("generated DKIM key {selector} (published ahead of use)")
+        }
         RotationAction::Activate { selector } => format!("DKIM signing switched to {selector}"),
         RotationAction::Drop { selector } => format!("retired DKIM key {selector}"),
     }
@@ -197,7 +184,11 @@ mod tests {
             (
                 name.to_string(),
                 Secret {
-                    data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+                    data: Some(
+                        data.into_iter()
+                            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                            .collect(),
+                    ),
                     ..Default::default()
                 },
             )
@@ -207,9 +198,15 @@ mod tests {
         };
         BTreeMap::from([
             secret("example-internal", state.internal.to_secret_data()),
-            secret("example-dkim", state.dkim.to_secret_data()),
+            secret(
+                "example-dkim",
+                state.dkim.to_secret_data(&domain().spec).unwrap(),
+            ),
             secret("example-ca", ca.to_secret_data()),
-            secret("example-tls", pki::serving_secret_data(serving, &ca.trust_bundle())),
+            secret(
+                "example-tls",
+                pki::serving_secret_data(serving, &ca.trust_bundle()),
+            ),
         ])
     }
 
@@ -220,7 +217,10 @@ mod tests {
         let mut rng = rand::thread_rng();
         let first = advance(&md, "mail", &BTreeMap::new(), now, &mut rng).unwrap();
         assert!(first.changes.iter().any(|c| c.contains("internal secrets")));
-        assert!(first.changes.iter().any(|c| c.contains("serving certificate")));
+        assert!(first
+            .changes
+            .iter()
+            .any(|c| c.contains("serving certificate")));
         assert!(first.dkim_status.is_some());
         let cert = first.certificate.clone().unwrap();
         assert_eq!(cert.secret_name, "example-tls");
@@ -235,7 +235,10 @@ mod tests {
         let earliest = second.scheduled.iter().min().unwrap();
         assert!(*earliest > later, "next step lies ahead");
         assert!(
-            second.scheduled.iter().any(|t| Some(t.to_string()) == cert.renewal_time),
+            second
+                .scheduled
+                .iter()
+                .any(|t| Some(t.to_string()) == cert.renewal_time),
             "requeue at the certificate renewal"
         );
     }
@@ -244,11 +247,21 @@ mod tests {
     fn corrupt_state_is_an_error_not_a_regeneration() {
         let md = domain();
         let bad = Secret {
-            data: Some(BTreeMap::from([("state.json".to_string(), ByteString(b"{not json".to_vec()))])),
+            data: Some(BTreeMap::from([(
+                "state.json".to_string(),
+                ByteString(b"{not json".to_vec()),
+            )])),
             ..Default::default()
         };
         let secrets = BTreeMap::from([("example-dkim".to_string(), bad)]);
-        let err = advance(&md, "mail", &secrets, Timestamp::now(), &mut rand::thread_rng()).unwrap_err();
+        let err = advance(
+            &md,
+            "mail",
+            &secrets,
+            Timestamp::now(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap_err();
         assert!(err.contains("example-dkim"), "{err}");
     }
 }
