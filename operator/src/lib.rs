@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod dkim;
 pub mod dns;
