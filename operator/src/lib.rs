@@ -5,8 +5,10 @@
 //! that turn specs into Kubernetes objects and daemon configuration without any I/O.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod crd;
 pub mod manifest;
 pub mod names;
 pub mod render;
+pub mod resources;

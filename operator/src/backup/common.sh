@@ -1,0 +1,114 @@
+#!/bin/bash
+# Shared part of the Postwarden backup and restore scripts. Everything that differs between a
+# pod and a test (paths, replica addresses) comes from the environment; the text is the same.
+set -uo pipefail
+umask 077
+
+: "${DOVEADM_HOSTS:?DOVEADM_HOSTS must list the Dovecot replicas as host:port}"
+: "${DOVEADM_PASSWORD_FILE:?DOVEADM_PASSWORD_FILE must name the file holding the doveadm password}"
+: "${RESTIC_REPOSITORY:?RESTIC_REPOSITORY must be set}"
+: "${RESTIC_PASSWORD_FILE:?RESTIC_PASSWORD_FILE must name the file holding the repository key}"
+: "${BACKUP_HOST:?BACKUP_HOST must name the host recorded in the snapshots}"
+export RESTIC_REPOSITORY RESTIC_PASSWORD_FILE
+DOVEADM_SSL=${DOVEADM_SSL:-no}
+DOVEADM_CA_FILE=${DOVEADM_CA_FILE:-}
+DOVEADM_TIMEOUT=${DOVEADM_TIMEOUT:-3600}
+MAIL_SEPARATOR=${MAIL_SEPARATOR:-/}
+SCRATCH_DIR=${SCRATCH_DIR:-/var/lib/postwarden-backup}
+RESULT_FILE=${RESULT_FILE:-/dev/termination-log}
+export RESTIC_CACHE_DIR=${RESTIC_CACHE_DIR:-$SCRATCH_DIR/restic-cache}
+export TZ=UTC
+
+LOG="$SCRATCH_DIR/run.log"
+DOVEADM_CONF="$SCRATCH_DIR/doveadm.conf"
+
+log() { printf '%s %s\n' "$(date -u +%FT%TZ)" "$*" >&2; }
+
+# A JSON string literal of $1: quotes and backslashes escaped, control characters dropped.
+json_str() {
+  printf '"%s"' "$(printf '%s' "$1" | tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | cut -c1-400)"
+}
+
+# The last error line a failed command left in $LOG.
+last_error() {
+  tail -n 1 "$LOG" 2>/dev/null || true
+}
+
+# Writes the final result line to stdout and to RESULT_FILE (the termination message).
+emit_result() {
+  local line="$1"
+  printf '%s\n' "$line"
+  if [ -n "$RESULT_FILE" ]; then
+    printf '%s\n' "$line" > "$RESULT_FILE" 2>/dev/null || log "cannot write $RESULT_FILE"
+  fi
+}
+
+# The doveadm client: each user is a plain maildir under a directory of the scratch volume, and
+# every command that names a replica (tcp:HOST:PORT) runs there over the doveadm protocol,
+# authenticated by the shared doveadm password. No userdb lookups happen locally: the user comes
+# from USER and its home from HOME.
+write_doveadm_conf() {
+  mkdir -p "$SCRATCH_DIR/run" "$SCRATCH_DIR/state"
+  {
+    echo "base_dir = $SCRATCH_DIR/run"
+    echo "state_dir = $SCRATCH_DIR/state"
+    echo "log_path = /dev/stderr"
+    echo "mail_location = maildir:~/Maildir"
+    echo "doveadm_password = <$DOVEADM_PASSWORD_FILE"
+    echo "doveadm_ssl = $DOVEADM_SSL"
+    if [ -n "$DOVEADM_CA_FILE" ]; then
+      echo "ssl_client_ca_file = <$DOVEADM_CA_FILE"
+    fi
+    echo "namespace inbox {"
+    echo "  inbox = yes"
+    echo "  separator = $MAIL_SEPARATOR"
+    echo "}"
+  } > "$DOVEADM_CONF"
+}
+
+# doveadm HOME USER ARGS...: one doveadm command as USER with mail under HOME.
+doveadm_as() {
+  local home="$1" user="$2"
+  shift 2
+  mkdir -p "$home"
+  USER="$user" HOME="$home" timeout "$DOVEADM_TIMEOUT" doveadm -c "$DOVEADM_CONF" "$@"
+}
+
+# doveadm_remote HOME USER ARGS...: runs `doveadm ARGS... tcp:REPLICA` against the first replica
+# that answers, in DOVEADM_HOSTS order.
+doveadm_remote() {
+  local home="$1" user="$2" host
+  shift 2
+  for host in $DOVEADM_HOSTS; do
+    if doveadm_as "$home" "$user" "$@" "tcp:$host" 2>>"$LOG"; then
+      return 0
+    fi
+    log "doveadm $1 of $user via $host failed: $(last_error)"
+  done
+  return 1
+}
+
+# A numeric field of a restic JSON line.
+json_num() {
+  printf '%s' "$2" | grep -o "\"$1\":[0-9]*" | head -n 1 | cut -d: -f2
+}
+# A string field of a restic JSON line.
+json_field() {
+  printf '%s' "$2" | grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d: -f2- | tr -d '"'
+}
+
+# restic_open [init]: checks the repository key (creating the repository first when asked and
+# it does not exist yet) and removes stale locks of runs that were killed.
+restic_open() {
+  mkdir -p "$RESTIC_CACHE_DIR"
+  if ! restic cat config >/dev/null 2>>"$LOG"; then
+    [ "${1:-}" = init ] || return 1
+    log "initialising the repository"
+    restic init >/dev/null 2>>"$LOG" || return 1
+  fi
+  restic unlock >/dev/null 2>>"$LOG" || true
+}
+
+mkdir -p "$SCRATCH_DIR"
+: > "$LOG"
+write_doveadm_conf

@@ -1,0 +1,3 @@
+//! Pure builders of the Kubernetes objects of one MailDomain.
+
+pub mod backup;
