@@ -12,3 +12,4 @@ pub mod manifest;
 pub mod names;
 pub mod render;
 pub mod resources;
+pub mod userdb;

@@ -85,6 +85,31 @@ pub struct Layout {
     pub milter_host: String,
     /// Ports of each Dovecot instance when they differ per instance (local runs); index = ordinal.
     pub imap_instance_ports: Vec<Ports>,
+    /// True when every Dovecot instance runs on this one host (local runs): each instance then
+    /// gets its own run and mail directory (see [`Layout::imap_instance`]).
+    pub instances_share_host: bool,
+    /// Directory for daemon log files; `None` logs to stdout/stderr (the container log).
+    pub log_dir: Option<PathBuf>,
+    /// DNS resolver (`ip:port`) Rspamd queries for SPF/DKIM/DMARC; `None` uses /etc/resolv.conf.
+    pub resolver: Option<String>,
+    /// Next hop for all outbound mail (Postfix `relayhost` syntax); `None` delivers straight to
+    /// each recipient domain's MX.
+    pub relayhost: Option<String>,
+}
+
+/// Where one Dovecot instance (StatefulSet ordinal) keeps its state and listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImapInstance {
+    pub ordinal: usize,
+    /// Host name (or address) other components reach this instance at.
+    pub host: String,
+    pub ports: Ports,
+    /// Dovecot base_dir and state_dir live under here.
+    pub run_dir: PathBuf,
+    /// Mail storage of this instance.
+    pub mail_dir: PathBuf,
+    /// The other instance this one replicates with: (host, doveadm port).
+    pub peer: Option<(String, u16)>,
 }
 
 impl Layout {
@@ -103,11 +128,18 @@ impl Layout {
             imap_service_host: format!("{headless}.{namespace}.svc"),
             milter_host: "127.0.0.1".into(),
             imap_instance_ports: vec![Ports::standard(); imap_replicas],
+            instances_share_host: false,
+            log_dir: None,
+            resolver: None,
+            relayhost: None,
         }
     }
 
     /// Everything under `dir` on 127.0.0.1, ports shifted by `port_base`. The second Dovecot
-    /// instance (ordinal 1) gets ports shifted by a further 10,000.
+    /// instance (ordinal 1) gets ports shifted by a further 10,000. Logs go to `dir/var/log`.
+    /// Nothing leaves the loopback interface: Rspamd asks the DNS resolver at
+    /// `127.0.0.1:port_base+1053` and Postfix relays all outbound mail to `127.0.0.1:port_base+1025`
+    /// (a test may listen on either; when nothing does, lookups fail and mail stays queued).
     pub fn local(dir: &Path, port_base: u16, imap_replicas: usize) -> Self {
         let instance_ports = (0..imap_replicas)
             .map(|i| Ports::shifted(port_base + (i as u16) * 10_000))
@@ -120,7 +152,58 @@ impl Layout {
             imap_service_host: "127.0.0.1".into(),
             milter_host: "127.0.0.1".into(),
             imap_instance_ports: instance_ports,
+            instances_share_host: true,
+            log_dir: Some(dir.join("var/log")),
+            resolver: Some(format!("127.0.0.1:{}", port_base + 1053)),
+            relayhost: Some(format!("[127.0.0.1]:{}", port_base + 1025)),
         }
+    }
+
+    /// Number of Dovecot instances.
+    pub fn imap_replicas(&self) -> usize {
+        self.imap_hosts.len()
+    }
+
+    /// The Dovecot instance with this StatefulSet ordinal. In pods every instance has the same
+    /// paths (its own volumes); on one host each gets `imap-<ordinal>` below the run and mail dirs.
+    pub fn imap_instance(&self, ordinal: usize) -> ImapInstance {
+        let (run_dir, mail_dir) = if self.instances_share_host {
+            let sub = format!("imap-{ordinal}");
+            (self.run_dir().join(&sub), self.mail_dir().join(&sub))
+        } else {
+            (self.run_dir(), self.mail_dir())
+        };
+        let replicas = self.imap_replicas();
+        let peer = (replicas > 1).then(|| {
+            let p = (ordinal + 1) % replicas;
+            (self.imap_hosts[p].clone(), self.instance_ports(p).doveadm)
+        });
+        ImapInstance {
+            ordinal,
+            host: self
+                .imap_hosts
+                .get(ordinal)
+                .cloned()
+                .unwrap_or_else(|| self.imap_service_host.clone()),
+            ports: self.instance_ports(ordinal),
+            run_dir,
+            mail_dir,
+            peer,
+        }
+    }
+
+    fn instance_ports(&self, ordinal: usize) -> Ports {
+        self.imap_instance_ports
+            .get(ordinal)
+            .cloned()
+            .unwrap_or_else(|| self.ports.clone())
+    }
+
+    /// The log file of `daemon` (e.g. `postfix`, `dovecot-0`), or `None` for stdout/stderr.
+    pub fn log_file(&self, daemon: &str) -> Option<PathBuf> {
+        self.log_dir
+            .as_ref()
+            .map(|d| d.join(format!("{daemon}.log")))
     }
 
     fn under(&self, rel: &str) -> PathBuf {
@@ -161,5 +244,13 @@ impl Layout {
     /// Runtime state: sockets, pid files, Dovecot base_dir.
     pub fn run_dir(&self) -> PathBuf {
         self.under("run/postwarden")
+    }
+    /// Postfix `data_directory` (TLS and postscreen caches; rebuilt after a restart).
+    pub fn postfix_data_dir(&self) -> PathBuf {
+        self.run_dir().join("postfix")
+    }
+    /// Rspamd's pid file, caches and statistics (rebuilt after a restart).
+    pub fn rspamd_run_dir(&self) -> PathBuf {
+        self.run_dir().join("rspamd")
     }
 }

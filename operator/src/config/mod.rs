@@ -1,6 +1,72 @@
 //! Pure renderers of the daemon configuration files: Postfix, Dovecot, Rspamd and the small
 //! entrypoint scripts that reload them when mounted files change.
+//!
+//! Each renderer takes the MailDomain and a [`Layout`] and returns file name → contents. The
+//! names are flat (ConfigMap keys); every file lands in [`Layout::config_dir`].
 
+pub mod dovecot;
 pub mod layout;
+pub mod postfix;
+pub mod replication;
+pub mod rspamd;
+pub mod scripts;
+mod tls;
 
-pub use layout::{Layout, Ports, USER_SHARDS};
+pub use layout::{ImapInstance, Layout, Ports, USER_SHARDS};
+
+use crate::api::maildomain::MailDomainSpec;
+
+/// The mail server's host name: `spec.hostname`, else `mail.<domain>`.
+pub fn hostname(spec: &MailDomainSpec) -> String {
+    spec.hostname
+        .clone()
+        .unwrap_or_else(|| format!("mail.{}", spec.domain))
+        .to_ascii_lowercase()
+}
+
+/// Files in the secrets directory ([`Layout::secrets_dir`]) the configuration reads.
+pub mod secret_files {
+    /// Shared password of the Dovecot doveadm servers (replication, backup).
+    pub const DOVEADM_PASSWORD: &str = "doveadm-password";
+}
+
+/// Files in the DKIM directory ([`Layout::dkim_dir`]).
+pub mod dkim_files {
+    /// `domain selector` per line: the selector that signs mail of each domain.
+    pub const SELECTORS_MAP: &str = "selectors.map";
+    /// File name of the private key of `domain` for `selector` (PEM).
+    pub fn key(domain: &str, selector: &str) -> String {
+        format!("{domain}.{selector}.key")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+/// Every file of the MTA pod's ConfigMap: Postfix, Rspamd and their entrypoints.
+pub fn mta_files(
+    md: &crate::api::maildomain::MailDomain,
+    layout: &Layout,
+) -> std::collections::BTreeMap<String, String> {
+    let mut files = postfix::render(md, layout);
+    files.extend(rspamd::render(md, layout));
+    let mut scripts = scripts::render(md, layout);
+    scripts.retain(|k, _| k != scripts::IMAP_ENTRYPOINT);
+    files.extend(scripts);
+    files
+}
+
+/// Every file of the IMAP pods' ConfigMap: Dovecot and its entrypoint.
+pub fn imap_files(
+    md: &crate::api::maildomain::MailDomain,
+    layout: &Layout,
+) -> std::collections::BTreeMap<String, String> {
+    let mut files = dovecot::render(md, layout);
+    let mut scripts = scripts::render(md, layout);
+    scripts.retain(|k, _| k == scripts::IMAP_ENTRYPOINT);
+    files.extend(scripts);
+    files
+}
+
+#[cfg(test)]
+pub(crate) mod daemon_tests;

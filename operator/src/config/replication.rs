@@ -1,0 +1,107 @@
+//! Everything that keeps the two Dovecot replicas of a domain in sync, in one place.
+//!
+//! Today this is Dovecot 2.3's replicator: the notify and replication plugins report every
+//! change to the local replicator, which runs dsync against the peer's doveadm server
+//! (`mail_replica = tcp:<peer>:<doveadm port>`); saves wait up to two seconds for the peer so an
+//! accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
+//! outside this module knows how replication works: replacing it with an agent that runs
+//! `doveadm sync` means changing only these functions.
+
+use crate::api::maildomain::MailDomain;
+
+use super::{ImapInstance, Layout};
+
+/// True when the domain has a second Dovecot instance to replicate with.
+pub fn enabled(layout: &Layout) -> bool {
+    layout.imap_replicas() > 1
+}
+
+/// Mail plugins replication needs (appended to the global `mail_plugins`, before any protocol
+/// block extends it).
+pub fn dovecot_mail_plugins(layout: &Layout) -> &'static str {
+    if enabled(layout) {
+        " notify replication"
+    } else {
+        ""
+    }
+}
+
+/// Settings shared by every instance.
+pub fn dovecot_shared(_md: &MailDomain, layout: &Layout) -> String {
+    if !enabled(layout) {
+        return String::new();
+    }
+    // Mail processes run as the vmail uid and write change notifications to the aggregator;
+    // its listeners live in base_dir, which only this container uses.
+    r#"
+# --- Replication (Dovecot 2.3 replicator, see postwarden config::replication)
+replication_max_conns = 10
+replication_full_sync_interval = 1 days
+plugin {
+  replication_sync_timeout = 2s
+}
+service aggregator {
+  fifo_listener replication-notify-fifo {
+    mode = 0666
+  }
+  unix_listener replication-notify {
+    mode = 0666
+  }
+}
+service replicator {
+  process_min_avail = 1
+  unix_listener replicator-doveadm {
+    mode = 0600
+  }
+}
+"#
+    .to_string()
+}
+
+/// Settings of one instance: its peer.
+pub fn dovecot_instance(_layout: &Layout, inst: &ImapInstance) -> String {
+    match &inst.peer {
+        Some((host, port)) => {
+            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = tcp:{host}:{port}\n}}\n")
+        }
+        None => String::new(),
+    }
+}
+
+/// Entrypoint lines run once Dovecot has started (`$CONF` is the instance's configuration):
+/// queue every user for a sync with the peer, so a fresh or long-stopped replica catches up.
+/// The user list is read from the passwd-file shards, because Dovecot cannot iterate a
+/// passwd-file whose path contains variables.
+pub fn entrypoint_started(_md: &MailDomain, layout: &Layout) -> String {
+    if !enabled(layout) {
+        return String::new();
+    }
+    format!(
+        r#"# Replication: once Dovecot answers, queue every user for a full sync with the peer.
+replicate_all() {{
+  for f in {users}/*.passwd; do
+    [ -f "$f" ] && cut -d: -f1 "$f"
+  done | while read -r user; do
+    [ -n "$user" ] && doveadm -c "$CONF" replicator replicate -f "$user" >/dev/null 2>&1 || true
+  done
+}}
+(
+  i=0
+  while [ $i -lt 60 ] && ! doveadm -c "$CONF" replicator status >/dev/null 2>&1; do
+    sleep 1
+    i=$((i + 1))
+  done
+  replicate_all
+) &
+"#,
+        users = layout.users_dir().display()
+    )
+}
+
+/// Entrypoint lines run after the users database changed: new users get synced right away.
+pub fn entrypoint_users_changed(_md: &MailDomain, layout: &Layout) -> String {
+    if !enabled(layout) {
+        return String::new();
+    }
+    "    replicate_all\n".to_string()
+}

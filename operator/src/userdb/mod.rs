@@ -1,0 +1,165 @@
+//! The users database: Dovecot passwd-file shards and the Postfix address maps, built from the
+//! Mailboxes of one MailDomain. Pure: resolved mailboxes in, file contents out.
+//!
+//! Passwords are stored only as SHA512-CRYPT (or ready ARGON2ID) hashes. The salt of a hash the
+//! operator computes is derived from the password itself (see [`hash_password`]), so a resync
+//! with unchanged passwords reproduces the same bytes and writes nothing.
+
+mod password;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use md5::{Digest, Md5};
+
+use crate::api::maildomain::MailDomainSpec;
+use crate::config::USER_SHARDS;
+
+pub use password::{hash_password, PasswordError};
+
+/// Numeric uid and gid that own all mail (the `vmail` user of the mail images).
+pub const VMAIL_UID: u32 = 5000;
+
+/// Name of the Postfix map of existing mailboxes (`virtual_mailbox_maps`).
+pub const MAP_MAILBOXES: &str = "mailboxes";
+/// Name of the Postfix map of aliases, alias domains and forwards (`virtual_alias_maps`).
+pub const MAP_ALIASES: &str = "aliases";
+/// Name of the Postfix map of which login may send as which address (`smtpd_sender_login_maps`).
+pub const MAP_SENDERS: &str = "senders";
+
+/// One Mailbox with everything the users database needs, its password already hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedMailbox {
+    pub local_part: String,
+    /// `{SHA512-CRYPT}...` or `{ARGON2ID}...`, as returned by [`hash_password`].
+    pub password_hash: String,
+    /// Further local parts delivered to this mailbox.
+    pub aliases: Vec<String>,
+    /// Addresses that receive every message for this mailbox.
+    pub forward_to: Vec<String>,
+    /// Keep a copy in the mailbox when forwarding.
+    pub keep_copy: bool,
+    pub quota_bytes: Option<u64>,
+    /// Logins refused; mail still accepted.
+    pub suspended: bool,
+}
+
+/// The rendered users database.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct UsersDb {
+    /// [`USER_SHARDS`] passwd-file contents; index = shard (file `<index as hex>.passwd`).
+    pub shards: Vec<String>,
+    /// Postfix `texthash:` maps by file name ([`MAP_MAILBOXES`], [`MAP_ALIASES`], [`MAP_SENDERS`]).
+    pub maps: BTreeMap<String, String>,
+}
+
+/// File name of shard `index` in the users directory (what Dovecot's `%1Mu.passwd` expands to).
+pub fn shard_file_name(index: usize) -> String {
+    format!("{index:x}.passwd")
+}
+
+/// The shard Dovecot looks `address` up in: the first hex digit of the MD5 of the lowercase
+/// address (Dovecot's `%1Mu`).
+pub fn shard_of(address: &str) -> usize {
+    let digest = Md5::digest(address.to_ascii_lowercase().as_bytes());
+    usize::from(digest[0] >> 4)
+}
+
+/// Builds the shards and maps. Output is sorted and deterministic. Two mailboxes claiming the
+/// same address are a conflict the caller reports; here the first (by address) keeps the login
+/// and alias targets are merged, so nothing panics.
+pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
+    let domain = md.domain.to_ascii_lowercase();
+    let alias_domains: Vec<String> = md
+        .alias_domains
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .filter(|d| *d != domain)
+        .collect();
+
+    let mut users: BTreeMap<String, &ResolvedMailbox> = BTreeMap::new();
+    for m in mailboxes {
+        let address = format!("{}@{domain}", m.local_part.to_ascii_lowercase());
+        users.entry(address).or_insert(m);
+    }
+
+    let mut shards = vec![String::new(); USER_SHARDS];
+    let mut mailbox_map = BTreeSet::new();
+    let mut aliases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut senders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+
+    for (address, m) in &users {
+        shards[shard_of(address)].push_str(&passwd_line(address, m));
+        mailbox_map.insert(address.clone());
+
+        let local = m.local_part.to_ascii_lowercase();
+        let mut own_local_parts = vec![local.clone()];
+        own_local_parts.extend(m.aliases.iter().map(|a| a.to_ascii_lowercase()));
+
+        for (i, lp) in own_local_parts.iter().enumerate() {
+            for d in std::iter::once(&domain).chain(&alias_domains) {
+                let addr = format!("{lp}@{d}");
+                senders
+                    .entry(addr.clone())
+                    .or_default()
+                    .insert(address.clone());
+                // The mailbox's own canonical address only needs an entry when it forwards.
+                if i == 0 && *d == domain {
+                    continue;
+                }
+                aliases.entry(addr).or_default().insert(address.clone());
+            }
+        }
+
+        if !m.forward_to.is_empty() {
+            let targets = aliases.entry(address.clone()).or_default();
+            if m.keep_copy {
+                targets.insert(address.clone());
+            }
+            targets.extend(m.forward_to.iter().map(|f| f.trim().to_string()));
+        }
+    }
+
+    let mut maps = BTreeMap::new();
+    maps.insert(
+        MAP_MAILBOXES.to_string(),
+        render_map(mailbox_map.iter().map(|a| (a.as_str(), "OK".to_string()))),
+    );
+    maps.insert(MAP_ALIASES.to_string(), render_set_map(&aliases));
+    maps.insert(MAP_SENDERS.to_string(), render_set_map(&senders));
+    UsersDb { shards, maps }
+}
+
+/// `user:password:uid:gid:gecos:home:shell:extra` with uid, gid and home left to the userdb's
+/// defaults, the quota as a userdb field and a refused login for suspended mailboxes.
+fn passwd_line(address: &str, m: &ResolvedMailbox) -> String {
+    let mut extra = Vec::new();
+    if m.suspended {
+        extra.push("nologin".to_string());
+        extra.push("reason=Mailbox_suspended".to_string());
+    }
+    if let Some(q) = m.quota_bytes {
+        extra.push(format!("userdb_quota_rule=*:bytes={q}"));
+    }
+    format!("{address}:{}::::::{}\n", m.password_hash, extra.join(" "))
+}
+
+fn render_map<'a>(entries: impl Iterator<Item = (&'a str, String)>) -> String {
+    let mut out = String::from("# Generated by postwarden; do not edit.\n");
+    for (k, v) in entries {
+        out.push_str(k);
+        out.push(' ');
+        out.push_str(&v);
+        out.push('\n');
+    }
+    out
+}
+
+fn render_set_map(map: &BTreeMap<String, BTreeSet<String>>) -> String {
+    render_map(map.iter().map(|(k, v)| {
+        let joined: Vec<&str> = v.iter().map(String::as_str).collect();
+        (k.as_str(), joined.join(", "))
+    }))
+}
+
+#[cfg(test)]
+mod tests;
