@@ -4,3 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+
+# The mail path: the rendered configuration in real Postfix, Dovecot and Rspamd (`local up`).
+e2e/mailpath/run.sh

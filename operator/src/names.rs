@@ -22,6 +22,7 @@ pub enum Component {
     Users,
     Tls,
     Dkim,
+    Dns,
 }
 
 impl Component {
@@ -33,6 +34,7 @@ impl Component {
             Component::Users => "users",
             Component::Tls => "tls",
             Component::Dkim => "dkim",
+            Component::Dns => "dns",
         }
     }
 }
@@ -106,6 +108,10 @@ impl DomainNames {
     /// ServiceAccount of the mail pods (no token mounted).
     pub fn service_account(&self) -> String {
         self.with("mail")
+    }
+    /// external-dns `DNSEndpoint` with the domain's records (when `spec.dns.externalDNS`).
+    pub fn dns_endpoint(&self) -> String {
+        self.with("dns")
     }
     /// Backup CronJob.
     pub fn backup(&self) -> String {

@@ -800,6 +800,10 @@ pub struct DnsRecord {
     pub ttl: i64,
     /// Record data in zone-file presentation form (TXT data already split into quoted strings).
     pub value: String,
+    /// What the record is for and what else it needs (e.g. the MTA-STS policy body and where to
+    /// serve it). Not part of the record data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// Serving certificate status.
