@@ -14,6 +14,7 @@ pub mod local;
 pub mod manifest;
 pub mod names;
 pub mod pki;
+pub mod plan;
 pub mod render;
 pub mod resources;
 pub mod userdb;

@@ -1,0 +1,160 @@
+//! The MTA StatefulSet `<md>-mta`: Postfix with Rspamd as a sidecar milter (inbound SPF,
+//! DKIM and DMARC checks, spam scoring; outbound DKIM signing). The mail queue lives on a
+//! per-pod volume so a restarted pod resumes it.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Container;
+
+use super::pod::{self, caps, DefaultResources, RunAs};
+use super::service::{self, NamedPort};
+use super::stateful_set::{self, Shape};
+use super::{ids, Domain};
+use crate::names::Component;
+
+/// Entrypoint of the Postfix container, a file of the MTA ConfigMap: clears stale pid files
+/// left on the queue volume, starts Postfix in the foreground and reloads it when mounted
+/// maps or certificates change.
+pub const POSTFIX_ENTRYPOINT: &str = "postfix-entrypoint.sh";
+/// Entrypoint of the Rspamd container, a file of the MTA ConfigMap.
+pub const RSPAMD_ENTRYPOINT: &str = "rspamd-entrypoint.sh";
+
+pub const POSTFIX_CONTAINER: &str = "postfix";
+pub const RSPAMD_CONTAINER: &str = "rspamd";
+
+/// The capabilities of the Postfix container (see [`caps`] for why each is needed). Postfix
+/// runs without chroot, so SYS_CHROOT stays dropped.
+pub const POSTFIX_CAPABILITIES: &[pod::Capability] = &[
+    caps::NET_BIND_SERVICE,
+    caps::SETUID,
+    caps::SETGID,
+    caps::CHOWN,
+    caps::DAC_OVERRIDE,
+    caps::FOWNER,
+    caps::KILL,
+];
+
+const POSTFIX_RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "100m",
+    memory_request: "128Mi",
+    memory_limit: "512Mi",
+};
+const RSPAMD_RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "100m",
+    memory_request: "256Mi",
+    memory_limit: "1Gi",
+};
+
+/// The StatefulSet `<md>-mta`.
+///
+/// - `image`: the MTA image (Postfix and Rspamd).
+/// - `config_checksum`: checksum of the MTA ConfigMap, which rolls the pods when it changes.
+/// - `tls_secret`: the Secret with `tls.crt`/`tls.key` (depends on `spec.tls`).
+pub fn build(
+    domain: &Domain,
+    image: &str,
+    config_checksum: String,
+    tls_secret: &str,
+) -> StatefulSet {
+    let layout = domain.layout();
+    let config_dir = layout.config_dir();
+    let config_arg = config_dir.display().to_string();
+    let entry = |script: &str| {
+        vec![
+            "/bin/sh".to_string(),
+            config_dir.join(script).display().to_string(),
+        ]
+    };
+
+    let postfix_status = ["postfix", "-c", config_arg.as_str(), "status"];
+    let postfix = Container {
+        name: POSTFIX_CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(entry(POSTFIX_ENTRYPOINT)),
+        env: Some(pod::pod_env()),
+        ports: Some(pod::container_ports(&service::smtp_ports(&layout.ports))),
+        resources: Some(pod::resources(
+            domain.spec.mta.resources.as_ref(),
+            POSTFIX_RESOURCES,
+        )),
+        security_context: Some(pod::security_context(RunAs::Root, POSTFIX_CAPABILITIES)),
+        // Checking a large queue on start takes a while; afterwards `postfix status` asks
+        // the master process, quietly (a TCP probe would log a lost connection every time).
+        startup_probe: Some(pod::exec_probe(&postfix_status, 2, 90)),
+        readiness_probe: Some(pod::exec_probe(&postfix_status, 10, 3)),
+        liveness_probe: Some(pod::exec_probe(&postfix_status, 30, 3)),
+        volume_mounts: Some(vec![
+            pod::mount("config", &config_dir, true),
+            pod::mount("maps", layout.maps_dir(), true),
+            pod::mount("tls", layout.tls_dir(), true),
+            pod::mount("queue", layout.queue_dir(), false),
+            pod::mount("run", layout.run_dir(), false),
+            pod::mount("postfix-data", "/var/lib/postfix", false),
+            pod::mount("tmp", "/tmp", false),
+        ]),
+        ..Container::default()
+    };
+
+    let milter = NamedPort {
+        name: "milter",
+        port: layout.ports.milter,
+    };
+    let metrics = service::mta_metrics_port(&layout.ports);
+    let rspamd = Container {
+        name: RSPAMD_CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(entry(RSPAMD_ENTRYPOINT)),
+        env: Some(pod::pod_env()),
+        ports: Some(pod::container_ports(&[milter, metrics])),
+        resources: Some(pod::resources(None, RSPAMD_RESOURCES)),
+        // Rspamd listens above 1024 and needs no privilege at all.
+        security_context: Some(pod::security_context(RunAs::User(ids::RSPAMD), &[])),
+        // Rspamd compiles its rules on start (~10 s on a small node).
+        startup_probe: Some(pod::http_probe("/ping", metrics.name, 2, 60)),
+        readiness_probe: Some(pod::http_probe("/ping", metrics.name, 10, 3)),
+        liveness_probe: Some(pod::http_probe("/ping", metrics.name, 30, 3)),
+        volume_mounts: Some(vec![
+            pod::mount("config", &config_dir, true),
+            pod::mount("dkim", layout.dkim_dir(), true),
+            pod::mount("run", layout.run_dir(), false),
+            pod::mount("rspamd-data", "/var/lib/rspamd", false),
+            pod::mount("rspamd-tmp", "/tmp", false),
+        ]),
+        ..Container::default()
+    };
+
+    let volumes = vec![
+        pod::config_map_volume("config", domain.names.mta_config()),
+        pod::config_map_volume("maps", domain.names.maps()),
+        pod::secret_volume("tls", tls_secret.to_string(), &[]),
+        pod::secret_volume("dkim", domain.names.dkim(), &[]),
+        pod::empty_dir("run", "64Mi"),
+        pod::empty_dir("postfix-data", "64Mi"),
+        pod::empty_dir("tmp", "256Mi"),
+        pod::empty_dir("rspamd-data", "512Mi"),
+        // Rspamd spools messages it scans; room for a few at the size limit.
+        pod::empty_dir("rspamd-tmp", "2Gi"),
+    ];
+
+    stateful_set::build(
+        domain,
+        Shape {
+            name: domain.names.mta(),
+            component: Component::Mta,
+            service_name: domain.names.mta_headless(),
+            replicas: domain.spec.mta.replicas,
+            default_container: POSTFIX_CONTAINER,
+            config_checksum,
+            // Postfix finishes deliveries in progress before it exits.
+            pod: pod::pod_spec(
+                domain,
+                Component::Mta,
+                ids::RSPAMD,
+                vec![postfix, rspamd],
+                volumes,
+                60,
+            ),
+            claim: "queue",
+            storage: domain.spec.mta.storage.clone(),
+        },
+    )
+}

@@ -1,0 +1,99 @@
+//! The `postwarden` command as a user runs it: exit codes and messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn postwarden(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_postwarden"))
+        .args(args)
+        .output()
+        .expect("postwarden runs")
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("postwarden-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn crds_prints_both_definitions() {
+    let out = postwarden(&["crds"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("name: maildomains.postwarden.dev"));
+    assert!(text.contains("name: mailboxes.postwarden.dev"));
+}
+
+#[test]
+fn render_refuses_an_invalid_domain_naming_file_document_and_field() {
+    let path = write_temp(
+        "bad-domain.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: x}\n---\n\
+         apiVersion: postwarden.dev/v1alpha1\nkind: MailDomain\nmetadata: {name: bad}\nspec:\n  domain: \"Not A Domain!\"\n",
+    );
+    let out = postwarden(&["render", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad-domain.yaml: document 2 (MailDomain bad)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"spec.domain: "Not A Domain!" is not a valid DNS name"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn render_refuses_what_admission_cel_rules_refuse() {
+    let path = write_temp(
+        "bad-tls.yaml",
+        "apiVersion: postwarden.dev/v1alpha1\nkind: MailDomain\nmetadata: {name: x}\nspec:\n  domain: example.com\n  \
+         tls: {certManager: {issuerRef: {name: le}}, secretName: mine}\n",
+    );
+    let out = postwarden(&["render", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("spec.tls: set at most one of tls.certManager and tls.secretName"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn render_names_a_mistyped_field() {
+    let path = write_temp(
+        "bad-type.yaml",
+        "apiVersion: postwarden.dev/v1alpha1\nkind: Mailbox\nmetadata: {name: m}\nspec:\n  domainRef: {name: d}\n  \
+         localPart: alice\n  passwordSecretRef: {name: p}\n  suspended: maybe\n",
+    );
+    let out = postwarden(&["render", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("document 1: spec.suspended:"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn render_refuses_unknown_kinds() {
+    let path = write_temp(
+        "other.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+    );
+    let out = postwarden(&["render", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unsupported object"),
+        "{}",
+        stderr(&out)
+    );
+}
