@@ -34,11 +34,13 @@ for user in $users; do
   fi
 done
 log "copied $copied mailbox(es), $failed failed"
+[ "$copied" -gt 0 ] || [ "$failed" -eq 0 ] || fail "no mailbox could be copied, first: $first_failure"
 
 restic_open init || fail "restic repository unavailable: $(last_error)"
 
 tag=complete
 [ "$failed" -eq 0 ] || tag=partial
+mark
 summary=$(cd "$SCRATCH_DIR" && restic backup --json --host "$BACKUP_HOST" --tag "postwarden,$tag" \
   ${BACKUP_TIME:+--time "$BACKUP_TIME"} mail 2>>"$LOG" | grep '"message_type":"summary"' | tail -n 1)
 snapshot=$(json_field snapshot_id "$summary")
@@ -55,6 +57,7 @@ if [ "$failed" -gt 0 ]; then
 fi
 
 # Retention over complete snapshots only; the newest is always kept.
+mark
 restic forget --host "$BACKUP_HOST" --group-by host --tag complete --keep-last 1 \
   --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY" \
   --prune >/dev/null 2>>"$LOG" || fail "retention failed: $(last_error)" "$snapshot"

@@ -29,14 +29,28 @@ json_str() {
   printf '"%s"' "$(printf '%s' "$1" | tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | cut -c1-400)"
 }
 
-# The last error line a failed command left in $LOG.
+# Commands write their errors to $LOG. mark starts a step; last_error is the step's error: its
+# first "Fatal:" or "Error:" line (restic, doveadm), else its last line.
+LOG_MARK=0
+mark() {
+  LOG_MARK=$(wc -l < "$LOG")
+}
 last_error() {
-  tail -n 1 "$LOG" 2>/dev/null || true
+  local lines first
+  lines=$(tail -n "+$((LOG_MARK + 1))" "$LOG" 2>/dev/null | grep -v '^[[:space:]]*$')
+  first=$(printf '%s\n' "$lines" | grep -E '(^|: )(Fatal|Error): ' | head -n 1)
+  if [ -n "$first" ]; then
+    printf '%s' "$first"
+  else
+    printf '%s\n' "$lines" | tail -n 1
+  fi
 }
 
-# Writes the final result line to stdout and to RESULT_FILE (the termination message).
+# Writes the commands' errors to the log (stderr), then the final result line to stdout and to
+# RESULT_FILE (the termination message).
 emit_result() {
   local line="$1"
+  cat "$LOG" >&2 2>/dev/null || true
   printf '%s\n' "$line"
   if [ -n "$RESULT_FILE" ]; then
     printf '%s\n' "$line" > "$RESULT_FILE" 2>/dev/null || log "cannot write $RESULT_FILE"
@@ -80,6 +94,7 @@ doveadm_remote() {
   local home="$1" user="$2" host
   shift 2
   for host in $DOVEADM_HOSTS; do
+    mark
     if doveadm_as "$home" "$user" "$@" "tcp:$host" 2>>"$LOG"; then
       return 0
     fi
@@ -97,13 +112,20 @@ json_field() {
   printf '%s' "$2" | grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d: -f2- | tr -d '"'
 }
 
-# restic_open [init]: checks the repository key (creating the repository first when asked and
-# it does not exist yet) and removes stale locks of runs that were killed.
+# restic_open [init]: checks that the repository opens with the key (creating the repository
+# first when asked and there is none yet) and removes stale locks of runs that were killed.
 restic_open() {
+  mark
   mkdir -p "$RESTIC_CACHE_DIR"
-  if ! restic cat config >/dev/null 2>>"$LOG"; then
-    [ "${1:-}" = init ] || return 1
+  local err
+  if ! err=$(restic cat config 2>&1 >/dev/null); then
+    printf '%s\n' "$err" >> "$LOG"
+    case "$err" in
+      *"Is there a repository at the following location?"*) [ "${1:-}" = init ] || return 1 ;;
+      *) return 1 ;;
+    esac
     log "initialising the repository"
+    mark
     restic init >/dev/null 2>>"$LOG" || return 1
   fi
   restic unlock >/dev/null 2>>"$LOG" || true

@@ -13,3 +13,6 @@ pub mod observe;
 pub mod result;
 pub mod schedule;
 pub mod script;
+
+#[cfg(test)]
+mod daemon_tests;

@@ -24,6 +24,7 @@ message_count() {
 restic_open || fail "restic repository unavailable: $(last_error)"
 
 selector=$RESTORE_SNAPSHOT
+mark
 if [ "$selector" = latest ]; then
   # Snapshots are listed oldest first; partial ones count too (they hold every mailbox they name).
   info=$(restic snapshots --json --host "$BACKUP_HOST" 2>>"$LOG" | sed 's/},{/}\n{/g' | tail -n 1)
@@ -41,6 +42,7 @@ mkdir -p "$RESTORE_ROOT" "$LIVE_ROOT"
 # /mail/<user>/Maildir whatever the scratch path was.
 include=()
 [ -z "$RESTORE_MAILBOX" ] || include=(--include "/mail/$RESTORE_MAILBOX")
+mark
 restic restore "$snapshot_id" --target "$RESTORE_ROOT" "${include[@]}" >/dev/null 2>>"$LOG" \
   || fail "restic restore failed: $(last_error)"
 snap_mail="$RESTORE_ROOT/mail"

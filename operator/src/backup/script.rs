@@ -14,8 +14,7 @@ pub const BACKUP_SCRIPT: &str = concat!(include_str!("common.sh"), include_str!(
 /// Imports one or all mailboxes of a snapshot back into the running replicas.
 pub const RESTORE_SCRIPT: &str = concat!(include_str!("common.sh"), include_str!("restore.sh"));
 
-/// File in the secrets directory holding the doveadm password (key of the internal Secret).
-pub const DOVEADM_PASSWORD_FILE: &str = "doveadm-password";
+use crate::config::secret_files::DOVEADM_PASSWORD;
 
 /// Directories of the job's own volumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,16 +74,10 @@ pub fn repository(backup: &BackupSpec, name: &str, namespace: &str, dirs: &JobDi
 
 /// The doveadm servers of the replicas as `host:port`, in ordinal order.
 pub fn doveadm_hosts(layout: &Layout) -> Vec<String> {
-    layout
-        .imap_hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = layout
-                .imap_instance_ports
-                .get(i)
-                .map_or(layout.ports.doveadm, |p| p.doveadm);
-            format!("{host}:{port}")
+    (0..layout.imap_replicas())
+        .map(|i| {
+            let instance = layout.imap_instance(i);
+            format!("{}:{}", instance.host, instance.ports.doveadm)
         })
         .collect()
 }
@@ -102,7 +95,7 @@ pub fn common_env(
         ("DOVEADM_HOSTS", doveadm_hosts(layout).join(" ")),
         (
             "DOVEADM_PASSWORD_FILE",
-            path(&layout.secrets_dir().join(DOVEADM_PASSWORD_FILE)),
+            path(&layout.secrets_dir().join(DOVEADM_PASSWORD)),
         ),
         ("SCRATCH_DIR", path(&dirs.scratch)),
         ("RESULT_FILE", path(&dirs.result_file)),

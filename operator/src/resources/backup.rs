@@ -10,22 +10,21 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, Volume,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::pod::{self, DefaultResources, RunAs};
+use super::{ids, keys, Domain};
 use crate::api::maildomain::{BackupSpec, MailDomain};
 use crate::backup::observe::CONTAINER;
-use crate::backup::script::{self, JobDirs, RestoreRequest, DOVEADM_PASSWORD_FILE};
-use crate::config::layout::{Layout, USER_SHARDS};
-use crate::names::{self, Component, DomainNames};
+use crate::backup::script::{self, JobDirs, RestoreRequest};
+use crate::config::layout::Layout;
+use crate::names::{self, Component};
 
 /// The backup pods run as the mail user (any non-root id would do: they own all their volumes).
-pub const BACKUP_UID: i64 = 5000;
+pub const BACKUP_UID: i64 = ids::VMAIL;
 /// Finished Jobs kept per outcome, for `kubectl logs` and for the operator to read results from.
 pub const SUCCESSFUL_JOBS_HISTORY: i32 = 3;
 pub const FAILED_JOBS_HISTORY: i32 = 3;
@@ -41,7 +40,13 @@ pub const RESTORE_TTL_SECONDS: i32 = 7 * 86_400;
 /// Label telling backup runs from restore Jobs.
 pub const JOB_KIND_LABEL: &str = "postwarden.dev/job";
 
-const SECRET_MODE: i32 = 0o440;
+/// Requests and memory limit of the job's container. The limit also bounds doveadm should a
+/// sync ever run away.
+const RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "100m",
+    memory_request: "128Mi",
+    memory_limit: "1Gi",
+};
 const USERS_VOLUME: &str = "users";
 const SECRETS_VOLUME: &str = "secrets";
 const KEY_VOLUME: &str = "backup-key";
@@ -53,14 +58,13 @@ const REPOSITORY_VOLUME: &str = "repository";
 /// carries doveadm and restic); `None` when the domain has no `spec.backup`.
 pub fn build_cronjob(md: &MailDomain, namespace: &str, image: &str) -> Option<CronJob> {
     let backup = md.spec.backup.as_ref()?;
-    let name = md.metadata.name.as_deref().unwrap_or_default();
-    let names = DomainNames::new(name);
-    let layout = layout(md, namespace);
+    let domain = Domain::new(md, namespace);
+    let layout = domain.layout();
     let dirs = JobDirs::kubernetes();
     let env = script::backup_env(md, backup, namespace, &layout, &dirs);
-    let labels = job_labels(name, "backup");
+    let labels = job_labels(domain.name, "backup");
     let pod = pod_spec(
-        md,
+        &domain,
         backup,
         &layout,
         &dirs,
@@ -71,11 +75,7 @@ pub fn build_cronjob(md: &MailDomain, namespace: &str, image: &str) -> Option<Cr
         true,
     );
     Some(CronJob {
-        metadata: meta(
-            names.backup(),
-            namespace,
-            names::labels(name, Component::Backup),
-        ),
+        metadata: domain.meta(domain.names.backup(), Component::Backup),
         spec: Some(CronJobSpec {
             schedule: backup.schedule.clone(),
             time_zone: Some("Etc/UTC".into()),
@@ -110,14 +110,15 @@ pub fn build_restore_job(
     image: &str,
     request: &RestoreRequest,
 ) -> Result<Job, String> {
-    let name = md.metadata.name.as_deref().unwrap_or_default();
+    let domain = Domain::new(md, namespace);
+    let name = domain.name;
     let backup = md
         .spec
         .backup
         .as_ref()
         .ok_or_else(|| format!("MailDomain {name} has no spec.backup to restore from"))?;
     let request = request.validate(&md.spec.domain)?;
-    let layout = layout(md, namespace);
+    let layout = domain.layout();
     let dirs = JobDirs::kubernetes();
     let env = script::restore_env(md, backup, namespace, &layout, &dirs, &request);
     let mut labels = job_labels(name, "restore");
@@ -131,7 +132,7 @@ pub fn build_restore_job(
     );
     labels.insert("postwarden.dev/restore-of".into(), name.to_string());
     let pod = pod_spec(
-        md,
+        &domain,
         backup,
         &layout,
         &dirs,
@@ -141,10 +142,13 @@ pub fn build_restore_job(
         env,
         false,
     );
-    let mut metadata = meta(String::new(), namespace, labels.clone());
-    metadata.name = None;
-    metadata.generate_name = Some(format!("{name}-restore-"));
-    metadata.annotations = Some(annotations);
+    let metadata = ObjectMeta {
+        generate_name: Some(format!("{name}-restore-")),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels.clone()),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    };
     Ok(Job {
         metadata,
         spec: Some(JobSpec {
@@ -159,14 +163,6 @@ pub fn build_restore_job(
     })
 }
 
-fn layout(md: &MailDomain, namespace: &str) -> Layout {
-    Layout::kubernetes(
-        md.metadata.name.as_deref().unwrap_or_default(),
-        namespace,
-        usize::try_from(md.spec.imap.replicas).unwrap_or(1).max(1),
-    )
-}
-
 /// Labels of a backup or restore pod: the backup component (the IMAP NetworkPolicy admits this
 /// component to the doveadm port) plus which job it is. Restore Jobs do not carry the domain
 /// label, so cleanup of children no longer desired never touches a restore in progress.
@@ -177,15 +173,6 @@ fn job_labels(name: &str, kind: &str) -> BTreeMap<String, String> {
     }
     labels.insert(JOB_KIND_LABEL.into(), kind.into());
     labels
-}
-
-fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace.to_string()),
-        labels: Some(labels),
-        ..ObjectMeta::default()
-    }
 }
 
 fn template(labels: BTreeMap<String, String>, spec: PodSpec) -> PodTemplateSpec {
@@ -200,7 +187,7 @@ fn template(labels: BTreeMap<String, String>, spec: PodSpec) -> PodTemplateSpec 
 
 #[allow(clippy::too_many_arguments)]
 fn pod_spec(
-    md: &MailDomain,
+    domain: &Domain,
     backup: &BackupSpec,
     layout: &Layout,
     dirs: &JobDirs,
@@ -210,8 +197,6 @@ fn pod_spec(
     env: Vec<(&'static str, String)>,
     with_users: bool,
 ) -> PodSpec {
-    let name = md.metadata.name.as_deref().unwrap_or_default();
-    let names = DomainNames::new(name);
     let mut env: Vec<EnvVar> = env
         .into_iter()
         .map(|(k, v)| EnvVar {
@@ -237,66 +222,44 @@ fn pod_spec(
         }
     }
 
+    let key = backup.encryption_key_secret_ref.key.as_str();
     let mut mounts = vec![
-        mount(SCRATCH_VOLUME, &dirs.scratch.display().to_string(), false),
-        mount(TMP_VOLUME, "/tmp", false),
-        mount(
-            SECRETS_VOLUME,
-            &layout.secrets_dir().display().to_string(),
-            true,
-        ),
-        mount(KEY_VOLUME, &dirs.key_dir.display().to_string(), true),
+        pod::mount(SCRATCH_VOLUME, &dirs.scratch, false),
+        pod::mount(TMP_VOLUME, "/tmp", false),
+        pod::mount(SECRETS_VOLUME, layout.secrets_dir(), true),
+        pod::mount(KEY_VOLUME, &dirs.key_dir, true),
     ];
     let mut volumes = vec![
-        Volume {
-            name: SCRATCH_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                // The copies of all mailboxes fit in what one replica holds.
-                size_limit: Some(md.spec.imap.storage.size.clone()),
-                ..EmptyDirVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        Volume {
-            name: TMP_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("64Mi".into())),
-                ..EmptyDirVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        secret_volume(
+        // The copies of all mailboxes fit in what one replica holds.
+        pod::empty_dir(SCRATCH_VOLUME, &domain.spec.imap.storage.size.0),
+        pod::empty_dir(TMP_VOLUME, "64Mi"),
+        // Only the doveadm password of the internal Secret.
+        pod::secret_volume(
             SECRETS_VOLUME,
-            &names.internal(),
-            DOVEADM_PASSWORD_FILE,
-            DOVEADM_PASSWORD_FILE,
+            domain.names.internal(),
+            &[keys::DOVEADM_PASSWORD],
         ),
-        secret_volume(
+        pod::secret_volume(
             KEY_VOLUME,
-            &backup.encryption_key_secret_ref.name,
-            &backup.encryption_key_secret_ref.key,
-            &backup.encryption_key_secret_ref.key,
+            backup.encryption_key_secret_ref.name.clone(),
+            &[key],
         ),
     ];
     if with_users {
-        mounts.push(mount(
-            USERS_VOLUME,
-            &layout.users_dir().display().to_string(),
-            true,
-        ));
-        volumes.push(users_volume(&names));
+        mounts.push(pod::mount(USERS_VOLUME, layout.users_dir(), true));
+        volumes.push(pod::users_volume(USERS_VOLUME, domain));
     }
     if let Some(pvc) = &backup.destination.pvc {
-        mounts.push(mount(
+        mounts.push(pod::mount(
             REPOSITORY_VOLUME,
-            &dirs.repository_volume.display().to_string(),
+            &dirs.repository_volume,
             false,
         ));
         volumes.push(Volume {
             name: REPOSITORY_VOLUME.into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: pvc.claim_name.clone(),
-                read_only: Some(false),
+                read_only: None,
             }),
             ..Volume::default()
         });
@@ -314,114 +277,37 @@ fn pod_spec(
         ]),
         env: Some(env),
         volume_mounts: Some(mounts),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("100m".into())),
-                ("memory".into(), Quantity("128Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(pod::resources(None, RESOURCES)),
         termination_message_path: Some(dirs.result_file.display().to_string()),
         // The script writes its result line there; a crash before that leaves the log tail.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_user: Some(BACKUP_UID),
-            run_as_group: Some(BACKUP_UID),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(pod::security_context(RunAs::User(BACKUP_UID), &[])),
         ..Container::default()
     };
 
-    let placement = &md.spec.placement;
+    let placement = &domain.spec.placement;
     PodSpec {
         restart_policy: Some("Never".into()),
-        service_account_name: Some(names.service_account()),
+        service_account_name: Some(domain.names.service_account()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             fs_group: Some(BACKUP_UID),
             fs_group_change_policy: Some("OnRootMismatch".into()),
-            seccomp_profile: Some(runtime_default()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
             ..PodSecurityContext::default()
         }),
         node_selector: (!placement.node_selector.is_empty())
             .then(|| placement.node_selector.clone()),
         tolerations: (!placement.tolerations.is_empty()).then(|| placement.tolerations.clone()),
+        priority_class_name: placement.priority_class_name.clone(),
         containers: vec![container],
         volumes: Some(volumes),
         ..PodSpec::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..SeccompProfile::default()
-    }
-}
-
-fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: volume.into(),
-        mount_path: path.into(),
-        read_only: Some(read_only),
-        ..VolumeMount::default()
-    }
-}
-
-/// One key of a Secret as one file.
-fn secret_volume(volume: &str, secret: &str, key: &str, path: &str) -> Volume {
-    Volume {
-        name: volume.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.into()),
-            default_mode: Some(SECRET_MODE),
-            items: Some(vec![KeyToPath {
-                key: key.into(),
-                path: path.into(),
-                ..KeyToPath::default()
-            }]),
-            optional: Some(false),
-        }),
-        ..Volume::default()
-    }
-}
-
-/// The users database shards as `<hex>.passwd` files: the script reads the user names.
-fn users_volume(names: &DomainNames) -> Volume {
-    Volume {
-        name: USERS_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            default_mode: Some(SECRET_MODE),
-            sources: Some(
-                (0..USER_SHARDS)
-                    .map(|i| VolumeProjection {
-                        secret: Some(SecretProjection {
-                            name: names.users_shard(i),
-                            items: Some(vec![KeyToPath {
-                                key: format!("{i:x}.passwd"),
-                                path: format!("{i:x}.passwd"),
-                                ..KeyToPath::default()
-                            }]),
-                            optional: Some(false),
-                        }),
-                        ..VolumeProjection::default()
-                    })
-                    .collect(),
-            ),
-        }),
-        ..Volume::default()
     }
 }
 
@@ -546,7 +432,9 @@ mod tests {
         let scratch = volumes.iter().find(|v| v.name == "scratch").unwrap();
         assert_eq!(
             scratch.empty_dir.as_ref().unwrap().size_limit,
-            Some(Quantity("10Gi".into()))
+            Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "10Gi".into()
+            ))
         );
     }
 
@@ -586,7 +474,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .len(),
-            USER_SHARDS
+            crate::config::USER_SHARDS
         );
     }
 
