@@ -9,6 +9,7 @@
 //! `postwarden backup restore` builds a Job running [`script::RESTORE_SCRIPT`], which imports a
 //! snapshot's messages alongside the live ones.
 
+pub mod command;
 pub mod observe;
 pub mod result;
 pub mod schedule;

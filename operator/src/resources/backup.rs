@@ -163,14 +163,10 @@ pub fn build_restore_job(
     })
 }
 
-/// Labels of a backup or restore pod: the backup component (the IMAP NetworkPolicy admits this
-/// component to the doveadm port) plus which job it is. Restore Jobs do not carry the domain
-/// label, so cleanup of children no longer desired never touches a restore in progress.
+/// Labels of a backup or restore Job and its pods: the domain's backup component (what the IMAP
+/// NetworkPolicy admits to the doveadm port) plus which kind of job it is.
 fn job_labels(name: &str, kind: &str) -> BTreeMap<String, String> {
     let mut labels = names::labels(name, Component::Backup);
-    if kind != "backup" {
-        labels.remove(names::DOMAIN_LABEL);
-    }
     labels.insert(JOB_KIND_LABEL.into(), kind.into());
     labels
 }
@@ -512,7 +508,6 @@ mod tests {
         );
         let labels = job.metadata.labels.clone().unwrap();
         assert_eq!(labels[JOB_KIND_LABEL], "restore");
-        assert!(!labels.contains_key(names::DOMAIN_LABEL));
         let spec = job.spec.unwrap();
         assert_eq!(spec.ttl_seconds_after_finished, Some(RESTORE_TTL_SECONDS));
         let pod = spec.template.spec.unwrap();
@@ -528,6 +523,58 @@ mod tests {
         assert_eq!(env["RESTORE_SNAPSHOT"].value.as_deref(), Some("057ad2fd"));
         assert!(pod.volumes.unwrap().iter().all(|v| v.name != "users"));
         insta::assert_yaml_snapshot!(job.metadata);
+    }
+
+    #[test]
+    fn backup_and_restore_pods_may_reach_the_doveadm_port() {
+        let md = quickstart();
+        let policy = super::super::network_policy::build_imap(&Domain::new(&md, "mail"));
+        let doveadm_peers: Vec<BTreeMap<String, String>> = policy
+            .spec
+            .unwrap()
+            .ingress
+            .unwrap()
+            .into_iter()
+            .filter(|rule| {
+                rule.ports.iter().flatten().any(|p| {
+                    p.port
+                        == Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(12346),
+                        )
+                        || p.port
+                            == Some(
+                                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                                    "doveadm".into(),
+                                ),
+                            )
+                })
+            })
+            .flat_map(|rule| rule.from.unwrap_or_default())
+            .filter_map(|peer| peer.pod_selector?.match_labels)
+            .collect();
+        assert!(!doveadm_peers.is_empty());
+        let cronjob_pod = build_cronjob(&md, "mail", IMAGE)
+            .unwrap()
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template;
+        let restore_pod = build_restore_job(&md, "mail", IMAGE, &RestoreRequest::default())
+            .unwrap()
+            .spec
+            .unwrap()
+            .template;
+        for template in [cronjob_pod, restore_pod] {
+            let labels = template.metadata.unwrap().labels.unwrap();
+            assert!(
+                doveadm_peers
+                    .iter()
+                    .any(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v))),
+                "{labels:?} matches no doveadm peer of {doveadm_peers:?}"
+            );
+        }
     }
 
     #[test]
