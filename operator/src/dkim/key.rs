@@ -101,6 +101,26 @@ impl DkimKey {
         })
     }
 
+    /// The private key as the signer (Rspamd) reads it from `<domain>.<selector>.key`: the PEM
+    /// for RSA; for Ed25519 Rspamd's own form, base64 of the 32-byte seed followed by the
+    /// 32-byte public key on one line (what `rspamadm dkim_keygen -t ed25519` writes; Rspamd
+    /// does not read Ed25519 PEM).
+    pub fn signer_key(&self) -> Result<String, DkimError> {
+        match self.algorithm {
+            DkimAlgorithm::Rsa2048 => Ok(self.private_pem.clone()),
+            DkimAlgorithm::Ed25519 => {
+                let key =
+                    ed25519_dalek::SigningKey::from_pkcs8_pem(&self.private_pem).map_err(|e| {
+                        DkimError::Key {
+                            selector: self.selector.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                Ok(BASE64.encode(key.to_keypair_bytes()))
+            }
+        }
+    }
+
     /// A key with its public half only, e.g. read back from a published record.
     pub fn public_only(selector: &str, algorithm: DkimAlgorithm, public_b64: &str) -> Self {
         Self {

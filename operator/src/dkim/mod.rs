@@ -28,3 +28,6 @@ pub enum DkimError {
     #[error("{0}")]
     Policy(String),
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::key::{selector_for, DkimKey};
 use super::{DkimAlgorithm, DkimError};
-use crate::api::maildomain::{DkimSpec, DkimStatus};
+use crate::api::maildomain::{DkimSpec, DkimStatus, MailDomainSpec};
 use crate::api::validate::parse_duration;
+use crate::config::dkim_files;
 
 /// The rotation settings of `spec.dkim`, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,11 +218,17 @@ impl DkimState {
         })
     }
 
-    /// The DKIM Secret's data: `state.json` (selectors, algorithms and timestamps), one
-    /// `<selector>.key` per key (private PEM), and `active.selector` / `active.key` naming and
-    /// holding the signing key under fixed names, so a signer configured once follows rotations
-    /// by re-reading files, without a configuration change.
-    pub fn to_secret_data(&self) -> BTreeMap<String, String> {
+    /// The DKIM Secret's data: `state.json` (selectors, algorithms and timestamps) and one
+    /// `<selector>.key` per key (private PEM), which [`Self::from_secret_data`] reads back;
+    /// and the signer's files ([`crate::config::dkim_files`]): `selectors.map` naming the
+    /// active selector of the domain and of each alias domain, and the active key as
+    /// `<domain>.<selector>.key` for each, in the signer's form ([`DkimKey::signer_key`]).
+    /// A rotation changes only this Secret; the signer re-reads the map and keys without a
+    /// restart or a configuration change.
+    pub fn to_secret_data(
+        &self,
+        spec: &MailDomainSpec,
+    ) -> Result<BTreeMap<String, String>, DkimError> {
         let stored = StoredState {
             keys: self
                 .keys
@@ -242,11 +249,17 @@ impl DkimState {
         for k in &self.keys {
             data.insert(key_file(&k.key.selector), k.key.private_pem.clone());
         }
-        if let Some(a) = self.active() {
-            data.insert(ACTIVE_SELECTOR_KEY.into(), a.key.selector.clone());
-            data.insert(ACTIVE_KEY_KEY.into(), a.key.private_pem.clone());
+        let mut map = String::new();
+        if let Some(active) = self.active() {
+            let selector = &active.key.selector;
+            let signer_key = active.key.signer_key()?;
+            for domain in spec.all_domains() {
+                map.push_str(&format!("{domain} {selector}\n"));
+                data.insert(dkim_files::key(domain, selector), signer_key.clone());
+            }
         }
-        data
+        data.insert(dkim_files::SELECTORS_MAP.to_string(), map);
+        Ok(data)
     }
 
     /// Reads the DKIM Secret's data (as text, see [`crate::pki::secret_text`]). An empty Secret
@@ -254,7 +267,10 @@ impl DkimState {
     /// overwritten by new keys).
     pub fn from_secret_data(data: &BTreeMap<String, String>) -> Result<Self, DkimError> {
         let Some(json) = data.get(STATE_KEY) else {
-            if data.keys().any(|k| k.ends_with(".key")) {
+            if data
+                .keys()
+                .any(|k| k.ends_with(".key") || k == dkim_files::SELECTORS_MAP)
+            {
                 return Err(DkimError::Secret(format!(
                     "holds keys but no {STATE_KEY}; refusing to replace them"
                 )));
@@ -284,12 +300,7 @@ impl DkimState {
 
 /// Name of the state entry in the DKIM Secret.
 pub const STATE_KEY: &str = "state.json";
-/// Secret entry naming the signing key's selector.
-pub const ACTIVE_SELECTOR_KEY: &str = "active.selector";
-/// Secret entry holding the signing key's private PEM.
-pub const ACTIVE_KEY_KEY: &str = "active.key";
-
-/// Secret entry holding the private PEM of `selector`.
+/// Secret entry holding the private PEM of `selector` (the signer reads its own copies).
 pub fn key_file(selector: &str) -> String {
     format!("{selector}.key")
 }

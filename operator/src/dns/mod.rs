@@ -17,3 +17,6 @@ pub use external_dns::dns_endpoint;
 pub use records::{client_host, mta_sts_policy, mx_hosts, records, MtaStsPolicy, DEFAULT_TTL};
 pub use txt::{quote_txt, txt_strings, unquote_txt, MAX_TXT_STRING};
 pub use zone::zone_file;
+
+#[cfg(test)]
+mod tests;

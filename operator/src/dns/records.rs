@@ -283,8 +283,9 @@ fn client_records(out: &mut Records, spec: &MailDomainSpec, domain: &str) {
             "CNAME",
             format!("{host}."),
             (i == 0).then(|| {
-                "Client autoconfiguration host names (Thunderbird autoconfig, Outlook autodiscover); \
-                 clients that find no configuration there fall back to the SRV records above"
+                "Client autoconfiguration names (Thunderbird autoconfig, Outlook autodiscover), \
+                 pointing at the mail host;\nclients that find no configuration file there \
+                 try its standard ports"
                     .to_string()
             }),
         );

@@ -16,7 +16,7 @@ pub mod renewal;
 pub use ca::{advance_ca, decide_ca, CaAction, CaDecision, CaPhase, CaPolicy, CaProgress, CaState};
 pub use cert::{
     cert_validity, inspect, is_issued_by, issue_serving, new_ca, serving_dns_names,
-    serving_secret_data, CertInfo, CertKeyPair,
+    serving_secret_data, CertInfo, CertKeyPair, BACKDATE,
 };
 pub use renewal::{decide, RenewReason, Renewal, RenewalPolicy};
 
@@ -45,3 +45,6 @@ pub fn secret_text(
     out.extend(secret.string_data.clone().unwrap_or_default());
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
