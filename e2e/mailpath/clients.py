@@ -12,6 +12,15 @@ import time
 
 from manifest import HOSTNAME
 
+# Clients connect from another loopback address than the servers listen on: daemons treat a
+# client whose address equals their own as the local host itself (Dovecot then allows
+# plaintext logins), which no real client is.
+CLIENT_ADDRESS = ("127.0.0.2", 0)
+
+
+def connect(port, timeout):
+    return socket.create_connection(("127.0.0.1", port), timeout, source_address=CLIENT_ADDRESS)
+
 
 def tls_context(ca_file):
     ctx = ssl.create_default_context(cafile=str(ca_file))
@@ -24,7 +33,7 @@ class SMTP(smtplib.SMTP):
     """SMTP to 127.0.0.1:port; STARTTLS verifies the certificate for the MX host name."""
 
     def __init__(self, port, timeout=20):
-        super().__init__(timeout=timeout)
+        super().__init__(timeout=timeout, source_address=CLIENT_ADDRESS)
         self._host = HOSTNAME
         self.connect_code, self.banner = self.connect("127.0.0.1", port)
         self._host = HOSTNAME
@@ -34,13 +43,12 @@ class SMTP_SSL(smtplib.SMTP_SSL):
     """Implicit TLS (port 465) to 127.0.0.1, verifying the certificate for the MX host name."""
 
     def __init__(self, port, context, timeout=20):
-        super().__init__(context=context, timeout=timeout)
+        super().__init__(context=context, timeout=timeout, source_address=CLIENT_ADDRESS)
         self._host = HOSTNAME
         self.connect_code, self.banner = self.connect("127.0.0.1", port)
 
     def _get_socket(self, host, port, timeout):
-        sock = socket.create_connection((host, port), timeout)
-        return self.context.wrap_socket(sock, server_hostname=HOSTNAME)
+        return self.context.wrap_socket(connect(port, timeout), server_hostname=HOSTNAME)
 
 
 class IMAP(imaplib.IMAP4):
@@ -48,6 +56,9 @@ class IMAP(imaplib.IMAP4):
 
     def __init__(self, port, timeout=20):
         super().__init__("127.0.0.1", port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return connect(self.port, timeout)
 
     def starttls(self, ssl_context=None):
         self.host = HOSTNAME
@@ -64,8 +75,7 @@ class IMAPS(imaplib.IMAP4_SSL):
         super().__init__("127.0.0.1", port, ssl_context=context, timeout=timeout)
 
     def _create_socket(self, timeout):
-        sock = socket.create_connection((self.host, self.port), timeout)
-        return self.ssl_context.wrap_socket(sock, server_hostname=HOSTNAME)
+        return self.ssl_context.wrap_socket(connect(self.port, timeout), server_hostname=HOSTNAME)
 
     def peer_certificate(self):
         return self.sock.getpeercert(binary_form=True)

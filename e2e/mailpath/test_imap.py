@@ -1,10 +1,12 @@
 """Dovecot: no password in cleartext, and two instances that replicate each other."""
 
 import base64
-import socket
+import imaplib
 import time
 
-from clients import IMAP, IMAPS, find_uid, wait_for
+import pytest
+
+from clients import IMAP, IMAPS, connect, find_uid, wait_for
 from manifest import DOMAIN, PASSWORDS
 from messages import raw_message
 
@@ -14,7 +16,7 @@ ALICE = f"alice@{DOMAIN}"
 def raw_exchange(port, *commands):
     """Sends IMAP commands on a plain socket, returning the tagged reply of each."""
     replies = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with connect(port, 10) as sock:
         f = sock.makefile("rb")
         greeting = f.readline()
         assert greeting.startswith(b"* OK"), greeting
@@ -79,3 +81,9 @@ def test_replication_between_the_two_dovecot_instances(stack, tls):
 
         wait_for(flagged_on_first, "the flag syncing back to instance 0", timeout=20)
         print(f"flag replicated 1 -> 0 in {time.monotonic() - started:.2f} s")
+
+
+def test_wrong_password_is_refused_over_imaps(stack, tls):
+    with IMAPS(stack.port(993), tls) as imap:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            imap.login(ALICE, PASSWORDS["alice"] + "-wrong")

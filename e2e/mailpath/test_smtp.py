@@ -57,8 +57,9 @@ def test_wrong_password_is_refused(stack, tls, port):
         if port == 587:
             s.starttls(context=tls)
         s.ehlo()
+        s.user, s.password = ALICE, PASSWORDS["alice"] + "-wrong"
         with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-            s.login(ALICE, PASSWORDS["alice"] + "-wrong")
+            s.auth("PLAIN", s.auth_plain)
         assert refused.value.smtp_code == 535
 
 
