@@ -2,14 +2,15 @@
 //! BackupHealthy condition, the Event to record and the metric values. Pure: the controller
 //! lists the Jobs and their Pods and passes the clock.
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::result::{Outcome, RunResult};
 use super::schedule::Schedule;
-use crate::api::conditions::{Desired, BACKUP_HEALTHY};
-use crate::api::maildomain::BackupStatus;
+use crate::api::conditions::{self, Desired, BACKUP_HEALTHY};
+use crate::api::maildomain::{BackupStatus, MailDomain};
+use crate::names::DomainNames;
 
 /// Name of the container running the scripts; its termination message is the result line.
 pub const CONTAINER: &str = "backup";
@@ -155,6 +156,41 @@ pub struct BackupMetrics {
     /// Mailboxes and repository bytes added by the newest successful run.
     pub last_mailboxes: Option<i64>,
     pub last_bytes: Option<i64>,
+}
+
+/// The backup observation of `md` for the controller: `cronjob` is the domain's backup CronJob
+/// as read from the cluster (its creation time starts the overdue clock), `jobs` and `pods` the
+/// Jobs and Pods labelled with the domain's backup component; the previous `status.lastBackup`
+/// and BackupHealthy reason come from `md.status`. `None` when the domain has no backups (the
+/// controller then removes the BackupHealthy condition and `status.lastBackup` stays as is).
+pub fn observe_domain(
+    md: &MailDomain,
+    cronjob: Option<&CronJob>,
+    jobs: &[Job],
+    pods: &[Pod],
+    now: Timestamp,
+) -> Option<Observation> {
+    let backup = md.spec.backup.as_ref()?;
+    let name = md.metadata.name.as_deref().unwrap_or_default();
+    let runs = runs(&DomainNames::new(name).backup(), jobs, pods);
+    let status = md.status.as_ref();
+    let previous = status.and_then(|s| s.last_backup.as_ref());
+    let was_overdue = status
+        .and_then(|s| conditions::find(&s.conditions, BACKUP_HEALTHY))
+        .is_some_and(|c| c.status == "False" && c.reason == reason::OVERDUE);
+    let created = cronjob
+        .and_then(|c| c.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
+    Some(observe(
+        &backup.schedule,
+        backup.suspend,
+        // Before the CronJob exists the clock has not started.
+        created.or(Some(now)),
+        &runs,
+        previous,
+        was_overdue,
+        now,
+    ))
 }
 
 /// What the domain's backups look like at `now`.
@@ -600,6 +636,34 @@ mod tests {
         let o = observe_at(&runs, None, "2026-02-01T12:00:00Z");
         assert_eq!(o.last_backup, None);
         assert_eq!(o.condition.reason, reason::PENDING);
+    }
+
+    #[test]
+    fn observe_domain_reads_the_previous_state_from_the_status() {
+        let mut md = MailDomain::new(
+            "example-com",
+            serde_saphyr::from_str(
+                "domain: example.com\nbackup: {schedule: '30 2 * * *', destination: {pvc: {claimName: b}}, encryptionKeySecretRef: {name: k}}",
+            )
+            .unwrap(),
+        );
+        let cronjob: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": CRON, "creationTimestamp": "2026-03-01T00:00:00Z"}
+        }))
+        .unwrap();
+        let now = ts("2026-03-10T00:00:00Z");
+        let first = observe_domain(&md, Some(&cronjob), &[], &[], now).unwrap();
+        assert_eq!(first.condition.reason, reason::OVERDUE);
+        assert!(first.event.is_some());
+        // Written to the status, the overdue condition is not announced again.
+        let mut status = crate::api::maildomain::MailDomainStatus::default();
+        conditions::set(&mut status.conditions, first.condition, 1, now);
+        md.status = Some(status);
+        let second = observe_domain(&md, Some(&cronjob), &[], &[], now).unwrap();
+        assert_eq!(second.condition.reason, reason::OVERDUE);
+        assert_eq!(second.event, None);
+        md.spec.backup = None;
+        assert_eq!(observe_domain(&md, Some(&cronjob), &[], &[], now), None);
     }
 
     #[test]
