@@ -4,13 +4,12 @@
 set -uo pipefail
 umask 077
 
-: "${DOVEADM_HOSTS:?DOVEADM_HOSTS must list the Dovecot replicas as host:port}"
+: "${DOVEADM_SERVERS:?DOVEADM_SERVERS must list the replicas doveadm servers as tcps:HOST:PORT}"
 : "${DOVEADM_PASSWORD_FILE:?DOVEADM_PASSWORD_FILE must name the file holding the doveadm password}"
 : "${RESTIC_REPOSITORY:?RESTIC_REPOSITORY must be set}"
 : "${RESTIC_PASSWORD_FILE:?RESTIC_PASSWORD_FILE must name the file holding the repository key}"
 : "${BACKUP_HOST:?BACKUP_HOST must name the host recorded in the snapshots}"
 export RESTIC_REPOSITORY RESTIC_PASSWORD_FILE
-DOVEADM_SSL=${DOVEADM_SSL:-no}
 DOVEADM_CA_FILE=${DOVEADM_CA_FILE:-}
 DOVEADM_TIMEOUT=${DOVEADM_TIMEOUT:-3600}
 MAIL_SEPARATOR=${MAIL_SEPARATOR:-/}
@@ -58,7 +57,7 @@ emit_result() {
 }
 
 # The doveadm client: each user is a plain maildir under a directory of the scratch volume, and
-# every command that names a replica (tcp:HOST:PORT) runs there over the doveadm protocol,
+# every command that names a replica (tcps:HOST:PORT) runs there over the doveadm protocol,
 # authenticated by the shared doveadm password. No userdb lookups happen locally: the user comes
 # from USER and its home from HOME.
 write_doveadm_conf() {
@@ -69,9 +68,13 @@ write_doveadm_conf() {
     echo "log_path = /dev/stderr"
     echo "mail_location = maildir:~/Maildir"
     echo "doveadm_password = <$DOVEADM_PASSWORD_FILE"
-    echo "doveadm_ssl = $DOVEADM_SSL"
+    # TLS always (the servers accept nothing else); like the replicas' own dsync connections,
+    # the certificate is verified only against a given CA, since a publicly issued one cannot
+    # name pod hosts. The password authenticates; the NetworkPolicy admits only backup pods.
     if [ -n "$DOVEADM_CA_FILE" ]; then
       echo "ssl_client_ca_file = <$DOVEADM_CA_FILE"
+    else
+      echo "ssl_client_require_valid_cert = no"
     fi
     echo "namespace inbox {"
     echo "  inbox = yes"
@@ -88,14 +91,14 @@ doveadm_as() {
   USER="$user" HOME="$home" timeout "$DOVEADM_TIMEOUT" doveadm -c "$DOVEADM_CONF" "$@"
 }
 
-# doveadm_remote HOME USER ARGS...: runs `doveadm ARGS... tcp:REPLICA` against the first replica
-# that answers, in DOVEADM_HOSTS order.
+# doveadm_remote HOME USER ARGS...: runs `doveadm ARGS... SERVER` against the first replica
+# that answers, in DOVEADM_SERVERS order.
 doveadm_remote() {
   local home="$1" user="$2" host
   shift 2
-  for host in $DOVEADM_HOSTS; do
+  for host in $DOVEADM_SERVERS; do
     mark
-    if doveadm_as "$home" "$user" "$@" "tcp:$host" 2>>"$LOG"; then
+    if doveadm_as "$home" "$user" "$@" "$host" 2>>"$LOG"; then
       return 0
     fi
     log "doveadm $1 of $user via $host failed: $(last_error)"

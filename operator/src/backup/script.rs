@@ -14,6 +14,7 @@ pub const BACKUP_SCRIPT: &str = concat!(include_str!("common.sh"), include_str!(
 /// Imports one or all mailboxes of a snapshot back into the running replicas.
 pub const RESTORE_SCRIPT: &str = concat!(include_str!("common.sh"), include_str!("restore.sh"));
 
+use crate::config::dovecot::doveadm_endpoint;
 use crate::config::secret_files::DOVEADM_PASSWORD;
 
 /// Directories of the job's own volumes.
@@ -72,12 +73,13 @@ pub fn repository(backup: &BackupSpec, name: &str, namespace: &str, dirs: &JobDi
     }
 }
 
-/// The doveadm servers of the replicas as `host:port`, in ordinal order.
-pub fn doveadm_hosts(layout: &Layout) -> Vec<String> {
+/// The doveadm servers of the replicas as dsync destinations (`tcps:HOST:PORT`), in ordinal
+/// order.
+pub fn doveadm_servers(layout: &Layout) -> Vec<String> {
     (0..layout.imap_replicas())
         .map(|i| {
             let instance = layout.imap_instance(i);
-            format!("{}:{}", instance.host, instance.ports.doveadm)
+            doveadm_endpoint(&instance.host, instance.ports.doveadm)
         })
         .collect()
 }
@@ -92,7 +94,7 @@ pub fn common_env(
 ) -> Vec<(&'static str, String)> {
     let name = md.metadata.name.as_deref().unwrap_or_default();
     let mut env = vec![
-        ("DOVEADM_HOSTS", doveadm_hosts(layout).join(" ")),
+        ("DOVEADM_SERVERS", doveadm_servers(layout).join(" ")),
         (
             "DOVEADM_PASSWORD_FILE",
             path(&layout.secrets_dir().join(DOVEADM_PASSWORD)),
@@ -241,8 +243,8 @@ mod tests {
             &JobDirs::kubernetes(),
         ));
         assert_eq!(
-            env["DOVEADM_HOSTS"],
-            "example-com-imap-0.example-com-imap-hl.mail.svc:12346 example-com-imap-1.example-com-imap-hl.mail.svc:12346"
+            env["DOVEADM_SERVERS"],
+            "tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346 tcps:example-com-imap-1.example-com-imap-hl.mail.svc:12346"
         );
         assert_eq!(env["RESTIC_REPOSITORY"], "/var/backup/example-com");
         assert_eq!(
@@ -300,10 +302,10 @@ mod tests {
     fn local_layout_points_at_each_instance_doveadm_port() {
         let layout = Layout::local(Path::new("/tmp/x"), 20000, 2);
         assert_eq!(
-            doveadm_hosts(&layout),
+            doveadm_servers(&layout),
             [
-                format!("127.0.0.1:{}", layout.imap_instance_ports[0].doveadm),
-                format!("127.0.0.1:{}", layout.imap_instance_ports[1].doveadm)
+                format!("tcps:127.0.0.1:{}", layout.imap_instance_ports[0].doveadm),
+                format!("tcps:127.0.0.1:{}", layout.imap_instance_ports[1].doveadm)
             ]
         );
     }

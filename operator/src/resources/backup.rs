@@ -420,11 +420,11 @@ mod tests {
             "only the backup destination claim"
         );
         let env = env(&pod);
-        assert!(env["DOVEADM_HOSTS"]
+        assert!(env["DOVEADM_SERVERS"]
             .value
             .as_deref()
             .unwrap()
-            .contains("example-com-imap-1.example-com-imap-hl.mail.svc:12346"));
+            .contains("tcps:example-com-imap-1.example-com-imap-hl.mail.svc:12346"));
         let scratch = volumes.iter().find(|v| v.name == "scratch").unwrap();
         assert_eq!(
             scratch.empty_dir.as_ref().unwrap().size_limit,
