@@ -1,7 +1,6 @@
 //! Starting, watching and stopping one daemon process of the local stack.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -28,9 +27,14 @@ pub struct Spec {
     pub args: Vec<OsString>,
     /// Every TCP port on 127.0.0.1 that must accept connections before the daemon is ready.
     pub ports: Vec<u16>,
+    /// Environment added to the inherited one.
+    pub env: Vec<(String, String)>,
     /// File receiving the process's stdout and stderr.
     pub log: PathBuf,
     pub stop: Stop,
+    /// Pid file of the daemon's main process when the started process is a wrapper (an
+    /// entrypoint script): reported as the daemon's pid, and checked to be gone after a stop.
+    pub main_pid_file: Option<PathBuf>,
 }
 
 /// A started daemon.
@@ -53,6 +57,7 @@ impl Daemon {
             .with_context(|| format!("opening {}", spec.log.display()))?;
         let child = Command::new(&spec.program)
             .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -72,19 +77,21 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Pid of the daemon's main process: from its pid file, else the started process.
+    pub fn main_pid(&self) -> Option<u32> {
+        match &self.spec.main_pid_file {
+            Some(file) => read_pid(file),
+            None => self.pid(),
+        }
+    }
+
     /// Waits until every port accepts a connection; fails with the log's tail when the
     /// process exits first or `deadline` passes.
     pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
         let mut pending = self.spec.ports.clone();
         loop {
-            let mut still = Vec::new();
-            for port in pending {
-                let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-                if tokio::net::TcpStream::connect(addr).await.is_err() {
-                    still.push(port);
-                }
-            }
-            pending = still;
+            let listening = listening_ports().await;
+            pending.retain(|p| !listening.contains(p));
             if pending.is_empty() {
                 return Ok(());
             }
@@ -115,34 +122,94 @@ impl Daemon {
 
     /// Asks the daemon to stop and waits up to `grace`, then kills its whole process group.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+        let main = self.main_pid();
+        let deadline = Instant::now() + grace;
+        if self.child.try_wait()?.is_none() {
+            let target = match &self.spec.stop {
+                Stop::Terminate => self.child.id(),
+                Stop::PidFile(path) => read_pid(path).or(self.child.id()),
+            };
+            if let Some(pid) = target {
+                signal(pid as i32, libc::SIGTERM);
+            }
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
+                if let Some(pgid) = self.child.id() {
+                    signal(-(pgid as i32), libc::SIGKILL);
+                }
+                self.child.wait().await?;
+                anyhow::bail!(
+                    "{} did not stop within {grace:?} and was killed",
+                    self.spec.name
+                );
+            }
         }
-        let target = match &self.spec.stop {
-            Stop::Terminate => self.child.id(),
-            Stop::PidFile(path) => read_pid(path).or(self.child.id()),
+        // The wrapper is gone; its daemon must follow (it may have left the process group).
+        let Some(main) = main.filter(|&p| Some(p) != self.child.id()) else {
+            return Ok(());
         };
-        if let Some(pid) = target {
-            signal(pid as i32, libc::SIGTERM);
+        while alive(main) {
+            if Instant::now() >= deadline {
+                signal(main as i32, libc::SIGKILL);
+                anyhow::bail!(
+                    "{} (pid {main}) outlived its entrypoint and was killed",
+                    self.spec.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(pgid) = self.child.id() {
-            signal(-(pgid as i32), libc::SIGKILL);
-        }
-        self.child.wait().await?;
-        anyhow::bail!(
-            "{} did not stop within {grace:?} and was killed",
-            self.spec.name
-        )
+        Ok(())
     }
+}
+
+/// Ports with a listening TCP socket on 127.0.0.1 or any address. Read from /proc/net/tcp
+/// rather than by connecting, so the daemons do not log a probe as an aborted session.
+async fn listening_ports() -> std::collections::HashSet<u16> {
+    match tokio::fs::read_to_string("/proc/net/tcp").await {
+        Ok(table) => parse_listening(&table),
+        Err(_) => std::collections::HashSet::new(),
+    }
+}
+
+/// The listening ports in a /proc/net/tcp table (`local_address` is `HEXIP:HEXPORT`, state
+/// `0A` is LISTEN).
+fn parse_listening(table: &str) -> std::collections::HashSet<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let (ip, port) = local.split_once(':')?;
+            let loopback_or_any = ip == "0100007F" || ip == "00000000";
+            (state == "0A" && loopback_or_any)
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
 }
 
 /// Sends `sig` to `pid` (a negative pid names a process group).
 pub fn signal(pid: i32, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// True while `pid` names a process that has not exited (zombies count as exited).
+pub fn alive(pid: u32) -> bool {
+    if !signal(pid as i32, 0) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// A pid file as daemons write it (Postfix pads it with spaces).
@@ -188,8 +255,10 @@ mod tests {
             program: super::super::preflight::find_program("python3").unwrap(),
             args: vec!["-c".into(), script.into()],
             ports: vec![port],
+            env: vec![],
             log: dir.join(format!("{name}.log")),
             stop: Stop::Terminate,
+            main_pid_file: None,
         }
     }
 
@@ -199,6 +268,17 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernel_table() {
+        let table = "  sl  local_address rem_address   st tx_queue\n\
+   0: 0100007F:4E4E 00000000:0000 0A 00000000:00000000\n\
+   1: 0100007F:4E4F 0100007F:9C40 01 00000000:00000000\n\
+   2: 00000000:07E8 00000000:0000 0A 00000000:00000000\n\
+   3: 0200007F:4E50 00000000:0000 0A 00000000:00000000\n";
+        let ports = parse_listening(table);
+        assert_eq!(ports, [0x4E4E, 0x07E8].into_iter().collect());
     }
 
     #[tokio::test]
@@ -223,8 +303,10 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo fatal: bad config >&2; exit 3".into()],
             ports: vec![free_port()],
+            env: vec![],
             log: dir.join("broken.log"),
             stop: Stop::Terminate,
+            main_pid_file: None,
         };
         let mut d = Daemon::spawn(spec).unwrap();
         let err = d
@@ -251,8 +333,10 @@ mod tests {
                 format!("sleep 60 & echo \"   $!\" > {}; wait", pidfile.display()).into(),
             ],
             ports: vec![],
+            env: vec![],
             log: dir.join("wrapped.log"),
             stop: Stop::PidFile(pidfile.clone()),
+            main_pid_file: Some(pidfile.clone()),
         };
         let mut d = Daemon::spawn(spec).unwrap();
         d.wait_ready(Instant::now() + Duration::from_secs(5))
@@ -266,7 +350,7 @@ mod tests {
         let started = Instant::now();
         d.stop(Duration::from_secs(10)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(!signal(inner as i32, 0), "the inner process is gone");
+        assert!(!alive(inner), "the inner process is gone");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -6,7 +6,11 @@
 //! mounts ConfigMaps and Secrets ([`volume`]), so the daemons' reload watchers see the same
 //! atomic `..data` swaps they see in a cluster.
 
+pub mod apply;
 pub mod daemon;
 pub mod preflight;
+pub mod ready;
 pub mod stack;
+pub mod store;
+pub mod up;
 pub mod volume;

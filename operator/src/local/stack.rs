@@ -17,9 +17,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts every daemon at once (none needs another to start listening) and waits until all
-    /// listen. On any failure, stops what was started and returns the first error.
-    pub async fn start(specs: Vec<Spec>, timeout: Duration) -> anyhow::Result<Self> {
+    /// Starts every daemon at once: none needs another to start listening. If one cannot be
+    /// started, those already running are stopped.
+    pub async fn spawn(specs: Vec<Spec>) -> anyhow::Result<Self> {
         let mut stack = Stack {
             daemons: Vec::new(),
         };
@@ -32,21 +32,23 @@ impl Stack {
                 }
             }
         }
-        let deadline = Instant::now() + timeout;
-        let waits = stack.daemons.iter_mut().map(|d| d.wait_ready(deadline));
-        let results = futures::future::join_all(waits).await;
-        if let Some(err) = results.into_iter().find_map(Result::err) {
-            stack.stop().await;
-            return Err(err);
-        }
         Ok(stack)
     }
 
-    /// `(name, pid)` of every daemon.
-    pub fn pids(&self) -> Vec<(String, u32)> {
+    /// Waits until every daemon listens; the first failure (an exit, or `timeout`) is returned.
+    /// The caller stops the stack on failure.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let waits = self.daemons.iter_mut().map(|d| d.wait_ready(deadline));
+        let results = futures::future::join_all(waits).await;
+        results.into_iter().collect()
+    }
+
+    /// `(name, pid of its main process)` of every daemon.
+    pub fn main_pids(&self) -> Vec<(String, u32)> {
         self.daemons
             .iter()
-            .filter_map(|d| d.pid().map(|p| (d.name().to_string(), p)))
+            .filter_map(|d| d.main_pid().map(|p| (d.name().to_string(), p)))
             .collect()
     }
 

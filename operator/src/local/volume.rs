@@ -29,9 +29,10 @@ pub enum Outcome {
     Updated,
 }
 
-/// Writes `payload` into the volume directory `dir` with file mode `mode`, swapping it in
-/// atomically. Keys must be plain file names.
-pub fn write(dir: &Path, payload: &Payload, mode: u32) -> io::Result<Outcome> {
+/// Writes `payload` into the volume directory `dir` with file mode `mode` and group `gid` (a
+/// pod's `fsGroup`; root's group when `None`), swapping it in atomically. Keys must be plain
+/// file names.
+pub fn write(dir: &Path, payload: &Payload, mode: u32, gid: Option<u32>) -> io::Result<Outcome> {
     for key in payload.keys() {
         if key.is_empty() || key.contains('/') || key.starts_with("..") {
             return Err(io::Error::new(
@@ -41,7 +42,7 @@ pub fn write(dir: &Path, payload: &Payload, mode: u32) -> io::Result<Outcome> {
         }
     }
     fs::create_dir_all(dir)?;
-    if read(dir)?.as_ref() == Some(payload) && modes_match(dir, payload, mode)? {
+    if read(dir)?.as_ref() == Some(payload) && modes_match(dir, payload, mode, gid)? {
         return Ok(Outcome::Unchanged);
     }
     let old = fs::read_link(dir.join(DATA)).ok();
@@ -50,6 +51,9 @@ pub fn write(dir: &Path, payload: &Payload, mode: u32) -> io::Result<Outcome> {
     for (key, content) in payload {
         let path = dir.join(&generation).join(key);
         fs::write(&path, content)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&path, None, Some(gid))?;
+        }
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
     }
     let tmp = dir.join(DATA_TMP);
@@ -93,10 +97,11 @@ pub fn read(dir: &Path) -> io::Result<Option<Payload>> {
     Ok(Some(payload))
 }
 
-fn modes_match(dir: &Path, payload: &Payload, mode: u32) -> io::Result<bool> {
+fn modes_match(dir: &Path, payload: &Payload, mode: u32, gid: Option<u32>) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
     for key in payload.keys() {
         let meta = fs::metadata(dir.join(DATA).join(key))?;
-        if meta.permissions().mode() & 0o7777 != mode {
+        if meta.permissions().mode() & 0o7777 != mode || gid.is_some_and(|g| g != meta.gid()) {
             return Ok(false);
         }
     }
@@ -175,7 +180,7 @@ mod tests {
     fn keys_are_symlinks_into_the_current_generation() {
         let dir = scratch("layout");
         let p = payload(&[("main.cf", "a = b\n"), ("master.cf", "smtp inet\n")]);
-        assert_eq!(write(&dir, &p, 0o644).unwrap(), Outcome::Updated);
+        assert_eq!(write(&dir, &p, 0o644, None).unwrap(), Outcome::Updated);
         assert_eq!(
             fs::read_link(dir.join("main.cf")).unwrap(),
             Path::new("..data/main.cf")
@@ -197,20 +202,20 @@ mod tests {
     fn an_identical_payload_touches_nothing() {
         let dir = scratch("same");
         let p = payload(&[("k", "v")]);
-        write(&dir, &p, 0o640).unwrap();
+        write(&dir, &p, 0o640, None).unwrap();
         let generation = fs::read_link(dir.join(DATA)).unwrap();
-        assert_eq!(write(&dir, &p, 0o640).unwrap(), Outcome::Unchanged);
+        assert_eq!(write(&dir, &p, 0o640, None).unwrap(), Outcome::Unchanged);
         assert_eq!(fs::read_link(dir.join(DATA)).unwrap(), generation);
-        assert_eq!(write(&dir, &p, 0o600).unwrap(), Outcome::Updated);
+        assert_eq!(write(&dir, &p, 0o600, None).unwrap(), Outcome::Updated);
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn an_update_swaps_generations_and_drops_removed_keys() {
         let dir = scratch("update");
-        write(&dir, &payload(&[("a", "1"), ("b", "2")]), 0o644).unwrap();
+        write(&dir, &payload(&[("a", "1"), ("b", "2")]), 0o644, None).unwrap();
         let first = fs::read_link(dir.join(DATA)).unwrap();
-        write(&dir, &payload(&[("a", "3"), ("c", "4")]), 0o644).unwrap();
+        write(&dir, &payload(&[("a", "3"), ("c", "4")]), 0o644, None).unwrap();
         let second = fs::read_link(dir.join(DATA)).unwrap();
         assert_ne!(first, second);
         assert!(!dir.join(&first).exists(), "old generation removed");
@@ -230,7 +235,7 @@ mod tests {
     #[test]
     fn keys_with_paths_are_refused() {
         let dir = scratch("bad");
-        let err = write(&dir, &payload(&[("../x", "1")]), 0o644).unwrap_err();
+        let err = write(&dir, &payload(&[("../x", "1")]), 0o644, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         fs::remove_dir_all(dir).unwrap();
     }
