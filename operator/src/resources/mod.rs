@@ -4,6 +4,7 @@
 //!
 //! One file per object kind. [`crate::plan`] calls them all and orders the result.
 
+pub mod backup;
 pub mod certificate;
 pub mod config_map;
 pub mod images;
