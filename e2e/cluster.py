@@ -66,7 +66,9 @@ class EmulatedCluster(Cluster):
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.identities = [f"{OPERATOR_USER_PREFIX}{c}" for c in "abcdef"]
+        # A fresh identity (kubeconfig user, POD_NAME) per operator started, as a new pod would have.
+        self.identities = [f"{OPERATOR_USER_PREFIX}{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+        self.used: set[str] = set()
         self.emulator = EmulatorProcess(workdir, users=["tests", *self.identities])
         self.kube = Kube.from_kubeconfig(str(self.emulator.kubeconfig), "tests")
         self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
@@ -81,7 +83,8 @@ class EmulatedCluster(Cluster):
                                  f"{dead[0].logs()}")
 
     def start_operator(self, identity: str | None = None) -> str:
-        identity = identity or next(i for i in self.identities if i not in self.processes)
+        identity = identity or next(i for i in self.identities if i not in self.used)
+        self.used.add(identity)
         self.processes[identity] = OperatorProcess(
             self.workdir, self.emulator.kubeconfig, identity, namespace=OPERATOR_NAMESPACE,
             resync_seconds=RESYNC_SECONDS, metrics_port=free_port(), health_port=free_port())
