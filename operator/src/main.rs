@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster of $KUBECONFIG (or the in-cluster configuration)
+    /// until SIGTERM or SIGINT.
+    Run(Box<postwarden::controller::Config>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Print every Kubernetes object the operator would create for the resources in a file or
@@ -38,6 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(config) => run(*config),
         Command::Crds => {
             print!("{}", postwarden::crd::yaml());
             Ok(())
@@ -55,6 +59,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(config: postwarden::controller::Config) -> anyhow::Result<()> {
+    postwarden::controller::init_logging(config.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(postwarden::controller::run(config))
 }
 
 fn render(file: Option<PathBuf>, dns: bool) -> anyhow::Result<()> {

@@ -76,13 +76,34 @@ pub(crate) fn run_ok(cmd: &mut Command) -> String {
     text
 }
 
+/// A port base whose every port is free now (tests run in parallel with other work on the host).
+pub(crate) fn free_port_base(replicas: usize) -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    for i in 0..200u64 {
+        let base = 12000 + ((seed + i * 7919) % 100) as u16 * 100;
+        let layout = Layout::local(Path::new("/nonexistent"), base, replicas);
+        let free = layout
+            .listen_ports()
+            .iter()
+            .all(|(port, _)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port base found");
+}
+
 fn local_tree(replicas: usize) -> (Option<tempfile::TempDir>, MailDomain, Layout) {
     let dir = tempfile::Builder::new()
         .prefix("postwarden-config-")
         .tempdir()
         .expect("tempdir");
     let md = quickstart();
-    let layout = Layout::local(dir.path(), 30000, replicas);
+    let layout = Layout::local(dir.path(), free_port_base(replicas), replicas);
     write_tree(&md, &layout, &quickstart_mailboxes());
     // Set POSTWARDEN_KEEP_TEST_DIR to inspect the rendered tree after the test.
     if std::env::var_os("POSTWARDEN_KEEP_TEST_DIR").is_some() {
@@ -130,4 +151,182 @@ fn rspamd_accepts_the_rendered_configuration() {
             .arg("-c")
             .arg(&conf),
     );
+}
+
+/// A started entrypoint; TERM on drop so a failing test leaves no daemon behind.
+pub(crate) struct Entrypoint {
+    child: std::process::Child,
+}
+
+impl Entrypoint {
+    pub(crate) fn start(script: &Path, env: &[(&str, &str)], log: &Path) -> Self {
+        let out = fs::File::create(log).expect("log file");
+        let child = Command::new("sh")
+            .arg(script)
+            .envs(env.iter().copied())
+            .env("POSTWARDEN_WATCH_INTERVAL", "1")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start entrypoint");
+        Self { child }
+    }
+
+    /// TERM, then the exit status of the entrypoint.
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate();
+        self.child.wait().expect("wait")
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Entrypoint {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `port` on 127.0.0.1 accepts connections.
+pub(crate) fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {port}:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits until `check` holds, up to `secs`.
+pub(crate) fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// One LMTP transaction; returns the server's replies.
+fn lmtp_deliver(port: u16, rcpt: &str, body: &str) -> String {
+    use std::io::{BufRead, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("lmtp connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut replies = String::new();
+    let mut read_reply = |reader: &mut BufReader<std::net::TcpStream>| loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("lmtp read");
+        replies.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            break;
+        }
+    };
+    read_reply(&mut reader);
+    for cmd in [
+        "LHLO test.example.net".to_string(),
+        "MAIL FROM:<sender@example.net>".into(),
+        format!("RCPT TO:<{rcpt}>"),
+        "DATA".into(),
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        read_reply(&mut reader);
+    }
+    write!(w, "Subject: test\r\n\r\n{body}\r\n.\r\n").unwrap();
+    read_reply(&mut reader);
+    write!(w, "QUIT\r\n").unwrap();
+    replies
+}
+
+#[test]
+fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_changes() {
+    let (_guard, md, layout) = local_tree(1);
+    let mut mailboxes = quickstart_mailboxes();
+    let mut carol = mailboxes[0].clone();
+    carol.local_part = "carol".into();
+    carol.aliases.clear();
+    carol.password_hash =
+        userdb::hash_password("carol-pw", super::testing::SALT_KEY, "carol@example.com").unwrap();
+    carol.suspended = true;
+    mailboxes.push(carol);
+    write_tree(&md, &layout, &mailboxes);
+
+    let config = layout.config_dir();
+    let conf = config.join(dovecot::instance_file_name(0));
+    let log = layout.root.join("imap-entrypoint.log");
+    let entry = Entrypoint::start(
+        &config.join(scripts::IMAP_ENTRYPOINT),
+        &[("POSTWARDEN_ORDINAL", "0")],
+        &log,
+    );
+    let ports = layout.imap_instance(0).ports;
+    wait_for_port(ports.lmtp, "Dovecot LMTP", &log);
+    wait_for_port(ports.auth, "Dovecot auth", &log);
+
+    let auth = |user: &str, pw: &str| {
+        run(Command::new("doveadm")
+            .arg("-c")
+            .arg(&conf)
+            .args(["auth", "test", user, pw]))
+        .status
+        .success()
+    };
+    // Our SHA512-CRYPT hashes verify in Dovecot; user names are matched case-insensitively.
+    assert!(auth("alice@example.com", "correct-horse-battery-staple"));
+    assert!(auth("Alice@Example.COM", "correct-horse-battery-staple"));
+    assert!(!auth("alice@example.com", "wrong"));
+    // Suspended: the right password is refused, but the user exists for delivery.
+    assert!(!auth("carol@example.com", "carol-pw"));
+    let user = run_ok(
+        Command::new("doveadm")
+            .arg("-c")
+            .arg(&conf)
+            .args(["user", "carol@example.com"]),
+    );
+    assert!(user.contains("uid\t5000"), "{user}");
+    let replies = lmtp_deliver(ports.lmtp, "carol@example.com", "kept while suspended");
+    assert!(
+        replies.contains("250 2.0.0 <carol@example.com>"),
+        "{replies}"
+    );
+    // The quota from the users database applies.
+    let quota = run_ok(Command::new("doveadm").arg("-c").arg(&conf).args([
+        "quota",
+        "get",
+        "-u",
+        "alice@example.com",
+    ]));
+    assert!(quota.contains("2097152"), "{quota}");
+
+    // Lifting the suspension is a users database change, applied without a restart.
+    mailboxes.last_mut().unwrap().suspended = false;
+    let db = userdb::build(&md.spec, &mailboxes);
+    let shard = userdb::shard_of("carol@example.com");
+    fs::write(
+        layout.users_dir().join(shard_file_name(shard)),
+        &db.shards[shard],
+    )
+    .unwrap();
+    eventually(15, "carol can log in after the change", || {
+        auth("carol@example.com", "carol-pw")
+    });
+
+    let status = entry.stop();
+    assert!(status.success(), "entrypoint exit {status:?}");
+    eventually(10, "Dovecot stopped", || {
+        std::net::TcpStream::connect(("127.0.0.1", ports.lmtp)).is_err()
+    });
 }

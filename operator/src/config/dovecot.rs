@@ -139,7 +139,7 @@ protocol lmtp {{
 }}
 lmtp_rcpt_check_quota = yes
 
-# --- doveadm server (replication, backup): password from the internal Secret
+# --- doveadm server (replica sync, backup): password from the internal Secret
 doveadm_password = <{doveadm_password}
 
 # --- Metrics, served as OpenMetrics on the stats listener at /metrics

@@ -33,6 +33,23 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Every port with the name of its service.
+    pub fn named(&self) -> [(&'static str, u16); 11] {
+        [
+            ("smtp", self.smtp),
+            ("submissions", self.submissions),
+            ("submission", self.submission),
+            ("imap", self.imap),
+            ("imaps", self.imaps),
+            ("lmtp", self.lmtp),
+            ("auth", self.auth),
+            ("doveadm", self.doveadm),
+            ("milter", self.milter),
+            ("rspamd-controller", self.rspamd_controller),
+            ("dovecot-metrics", self.dovecot_metrics),
+        ]
+    }
+
     /// The standard ports, used inside pods.
     pub fn standard() -> Self {
         Self {
@@ -157,6 +174,39 @@ impl Layout {
             resolver: Some(format!("127.0.0.1:{}", port_base + 1053)),
             relayhost: Some(format!("[127.0.0.1]:{}", port_base + 1025)),
         }
+    }
+
+    /// Every TCP port the stack listens on, with the listening service (`imap-1 imaps`, ...),
+    /// sorted and without duplicates: what must be free before a local run starts.
+    pub fn listen_ports(&self) -> Vec<(u16, String)> {
+        const IMAP: [&str; 6] = [
+            "imap",
+            "imaps",
+            "lmtp",
+            "auth",
+            "doveadm",
+            "dovecot-metrics",
+        ];
+        let mut ports: Vec<(u16, String)> = self
+            .ports
+            .named()
+            .into_iter()
+            .filter(|(name, _)| !IMAP.contains(name))
+            .map(|(name, port)| (port, name.to_string()))
+            .collect();
+        for ordinal in 0..self.imap_replicas().max(1) {
+            let inst = self.imap_instance(ordinal);
+            ports.extend(
+                inst.ports
+                    .named()
+                    .into_iter()
+                    .filter(|(name, _)| IMAP.contains(name))
+                    .map(|(name, port)| (port, format!("imap-{ordinal} {name}"))),
+            );
+        }
+        ports.sort();
+        ports.dedup_by_key(|(port, _)| *port);
+        ports
     }
 
     /// Number of Dovecot instances.

@@ -70,3 +70,6 @@ pub fn imap_files(
 
 #[cfg(test)]
 pub(crate) mod daemon_tests;
+
+#[cfg(test)]
+mod tests;

@@ -93,7 +93,8 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
             "all"
         },
     );
-    kv(&mut s, "mynetworks", "127.0.0.0/8, [::1]/128");
+    // No client is trusted by its address (not even loopback): relaying needs SASL.
+    kv(&mut s, "mynetworks", "");
     kv(&mut s, "biff", "no");
     kv(&mut s, "append_dot_mydomain", "no");
     kv(&mut s, "readme_directory", "no");
@@ -160,7 +161,7 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     kv(
         &mut s,
         "smtpd_helo_restrictions",
-        "permit_mynetworks, reject_invalid_helo_hostname",
+        "reject_invalid_helo_hostname",
     );
     kv(
         &mut s,
@@ -170,7 +171,7 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     kv(
         &mut s,
         "smtpd_relay_restrictions",
-        "permit_mynetworks, reject_unauth_destination",
+        "reject_unauth_destination",
     );
     kv(
         &mut s,
@@ -266,7 +267,7 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     kv(&mut s, "lmtp_tls_security_level", "none");
 
     section(&mut s, "postscreen (port 25)");
-    kv(&mut s, "postscreen_access_list", "permit_mynetworks");
+    kv(&mut s, "postscreen_access_list", "");
     kv(&mut s, "postscreen_blacklist_action", "drop");
     kv(&mut s, "postscreen_greet_action", "enforce");
     kv(&mut s, "postscreen_dnsbl_action", "enforce");

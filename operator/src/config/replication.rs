@@ -31,14 +31,16 @@ pub fn dovecot_shared(_md: &MailDomain, layout: &Layout) -> String {
     if !enabled(layout) {
         return String::new();
     }
-    // Mail processes run as the vmail uid and write change notifications to the aggregator;
-    // its listeners live in base_dir, which only this container uses.
+    // Mail and dsync processes run as the vmail uid, which has no user name Dovecot could own
+    // the sockets with (it needs a name, not a number), so the aggregator and replicator
+    // sockets are open to every local user. They live in base_dir inside this container, where
+    // nothing else runs, and only let a caller ask for a user to be synced.
     r#"
 # --- Replication (Dovecot 2.3 replicator, see postwarden config::replication)
 replication_max_conns = 10
 replication_full_sync_interval = 1 days
 plugin {
-  replication_sync_timeout = 2s
+  replication_sync_timeout = 2
 }
 service aggregator {
   fifo_listener replication-notify-fifo {
@@ -51,7 +53,7 @@ service aggregator {
 service replicator {
   process_min_avail = 1
   unix_listener replicator-doveadm {
-    mode = 0600
+    mode = 0666
   }
 }
 "#
@@ -87,7 +89,7 @@ replicate_all() {{
 }}
 (
   i=0
-  while [ $i -lt 60 ] && ! doveadm -c "$CONF" replicator status >/dev/null 2>&1; do
+  while [ $i -lt 60 ] && kill -0 "$PID" 2>/dev/null && ! doveadm -c "$CONF" replicator status >/dev/null 2>&1; do
     sleep 1
     i=$((i + 1))
   done

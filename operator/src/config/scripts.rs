@@ -201,13 +201,14 @@ exit "$status"
 
 fn rspamd_entry(layout: &Layout) -> String {
     let mut s = String::from(PREAMBLE);
-    let log_dir = layout
-        .log_dir
-        .as_ref()
-        .map(|d| {
+    let log_file = layout
+        .log_file("rspamd")
+        .map(|f| {
+            let dir = f.parent().expect("log file in a directory");
             format!(
-                "mkdir -p {d}\nchown _rspamd:_rspamd {d} 2>/dev/null || true\n",
-                d = p(d)
+                "mkdir -p {dir}\ntouch {f}\nchown _rspamd:_rspamd {f} 2>/dev/null || true\n",
+                dir = p(dir),
+                f = p(&f)
             )
         })
         .unwrap_or_default();
@@ -218,7 +219,7 @@ fn rspamd_entry(layout: &Layout) -> String {
 CONFIG={config}
 RUN={run}
 mkdir -p "$RUN"
-{log_dir}rm -f "$RUN/rspamd.pid"
+{log_file}rm -f "$RUN/rspamd.pid"
 if [ "$(id -u)" = 0 ]; then
   chown _rspamd:_rspamd "$RUN"
   set -- -u _rspamd -g _rspamd

@@ -115,6 +115,11 @@ pub fn change_token(meta: &ObjectMeta) -> String {
     }
 }
 
+/// What is remembered about an applied child of a kind that is not watched: its digest.
+fn unwatched_token(hash: &str) -> String {
+    format!("h{hash}")
+}
+
 /// Whether a child must be applied: it is missing, its digest differs, or it changed since
 /// this process last applied it (`remembered` is the token the apply returned).
 pub fn needs_apply(
@@ -247,17 +252,22 @@ async fn apply_one(
     child: &Child,
 ) -> Result<Option<(ChildKind, String)>, Error> {
     let (body, hash) = prepare(child, namespace, domain, owner);
-    let observed = ctx
-        .stores
-        .child_meta(child.kind, namespace, &child.name)
-        .map(|m| Observed::from_meta(&m));
     let remembered = ctx.applied.get(child.kind, namespace, &child.name);
-    if !needs_apply(&hash, observed.as_ref(), remembered.as_deref()) {
-        if remembered.is_none() {
-            if let Some(o) = observed {
-                ctx.applied.set(child.kind, namespace, &child.name, o.token);
+    if child.kind.is_watched() {
+        let observed = ctx
+            .stores
+            .child_meta(child.kind, namespace, &child.name)
+            .map(|m| Observed::from_meta(&m));
+        if !needs_apply(&hash, observed.as_ref(), remembered.as_deref()) {
+            if remembered.is_none() {
+                if let Some(o) = observed {
+                    ctx.applied.set(child.kind, namespace, &child.name, o.token);
+                }
             }
+            return Ok(None);
         }
+    } else if remembered.as_deref() == Some(unwatched_token(&hash).as_str()) {
+        // Not watched: only this process's memory of the last apply can tell it is unchanged.
         return Ok(None);
     }
     let api: Api<DynamicObject> =
@@ -272,12 +282,12 @@ async fn apply_one(
             source,
         })?;
     ctx.metrics.write(child.kind.as_str(), "apply");
-    ctx.applied.set(
-        child.kind,
-        namespace,
-        &child.name,
-        change_token(&result.metadata),
-    );
+    let token = if child.kind.is_watched() {
+        change_token(&result.metadata)
+    } else {
+        unwatched_token(&hash)
+    };
+    ctx.applied.set(child.kind, namespace, &child.name, token);
     tracing::info!(kind = %child.kind, name = %child.name, "applied");
     Ok(Some((child.kind, child.name.clone())))
 }

@@ -23,19 +23,20 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// A Mailbox whose spec is valid and whose password Secret was found.
+/// A Mailbox whose spec is valid, with its password.
 #[derive(Clone, Debug)]
 pub struct MailboxInput {
     pub mailbox: Mailbox,
-    /// The value under `spec.passwordSecretRef.key`: a password or a ready hash.
-    pub password: SecretBytes,
+    /// The value under `spec.passwordSecretRef.key` (a password or a ready hash), or why
+    /// there is none (the Secret or the key is missing).
+    pub password: Result<SecretBytes, String>,
 }
 
 /// Everything the desired state of one MailDomain is computed from.
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub domain: MailDomain,
-    /// The domain's usable Mailboxes, sorted by name.
+    /// The domain's Mailboxes with a valid spec, sorted by name.
     pub mailboxes: Vec<MailboxInput>,
     /// The existing Secrets holding state the operator generated earlier (CA, serving
     /// certificate, DKIM keys, internal secrets, users database shards) or that the spec
@@ -59,6 +60,8 @@ pub struct Desired {
     pub dns_records: Vec<DnsRecord>,
     /// When the desired state changes by itself (certificate renewal, DKIM rotation steps).
     pub scheduled: Vec<Timestamp>,
+    /// State generated or rotated by this computation, in words (for an Event once applied).
+    pub changes: Vec<String>,
 }
 
 /// Computes the desired state; pure, no I/O.

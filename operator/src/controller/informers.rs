@@ -271,7 +271,7 @@ pub fn build(
     let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
     let owned_selector = watcher::Config::default().labels(DOMAIN_LABEL);
 
-    for kind in ChildKind::ALL {
+    for kind in ChildKind::WATCHED {
         if matches!(kind, ChildKind::Secret | ChildKind::StatefulSet) {
             continue;
         }

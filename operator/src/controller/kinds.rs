@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::core::ApiResource;
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::Resource;
 use serde::Serialize;
 use serde_json::Value;
@@ -26,11 +26,31 @@ pub enum ChildKind {
     StatefulSet,
     PodDisruptionBudget,
     CronJob,
+    /// cert-manager `Certificate` (only with `spec.tls.certManager`).
+    Certificate,
+    /// external-dns `DNSEndpoint` (only with `spec.dns.externalDNS`).
+    DnsEndpoint,
 }
 
 impl ChildKind {
-    /// Every owned kind; the only kinds the operator ever deletes.
-    pub const ALL: [ChildKind; 8] = [
+    /// Every owned kind.
+    pub const ALL: [ChildKind; 10] = [
+        ChildKind::ConfigMap,
+        ChildKind::Secret,
+        ChildKind::ServiceAccount,
+        ChildKind::Service,
+        ChildKind::NetworkPolicy,
+        ChildKind::StatefulSet,
+        ChildKind::PodDisruptionBudget,
+        ChildKind::CronJob,
+        ChildKind::Certificate,
+        ChildKind::DnsEndpoint,
+    ];
+
+    /// The owned kinds the operator watches — the built-in ones, which every cluster serves —
+    /// and the only kinds it ever deletes. Certificates and DNSEndpoints belong to optional
+    /// CRDs: they are applied when a spec asks for them and collected with their MailDomain.
+    pub const WATCHED: [ChildKind; 8] = [
         ChildKind::ConfigMap,
         ChildKind::Secret,
         ChildKind::ServiceAccount,
@@ -51,6 +71,14 @@ impl ChildKind {
             ChildKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
             ChildKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
             ChildKind::CronJob => ApiResource::erase::<CronJob>(&()),
+            ChildKind::Certificate => ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+                "certificates",
+            ),
+            ChildKind::DnsEndpoint => ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
+                "dnsendpoints",
+            ),
         }
     }
 
@@ -65,7 +93,14 @@ impl ChildKind {
             ChildKind::StatefulSet => "StatefulSet",
             ChildKind::PodDisruptionBudget => "PodDisruptionBudget",
             ChildKind::CronJob => "CronJob",
+            ChildKind::Certificate => "Certificate",
+            ChildKind::DnsEndpoint => "DNSEndpoint",
         }
+    }
+
+    /// Whether the operator watches (and may prune) this kind.
+    pub fn is_watched(self) -> bool {
+        ChildKind::WATCHED.contains(&self)
     }
 
     /// The kind named by an object's `kind` field, when the operator owns that kind.
@@ -75,15 +110,18 @@ impl ChildKind {
 
     /// Apply phase; lower phases are applied (and must succeed) before higher ones.
     ///
-    /// Configuration, credentials and the pods' ServiceAccount exist before anything refers to
-    /// them; Services and NetworkPolicies exist before the pods start, so no mail pod ever runs
+    /// Configuration, credentials (and the Certificate that fills one) and the pods'
+    /// ServiceAccount exist before anything refers to them; Services and NetworkPolicies exist before the pods start, so no mail pod ever runs
     /// unprotected; the StatefulSets follow; disruption budgets and the backup job come last.
     pub fn phase(self) -> u8 {
         match self {
-            ChildKind::ConfigMap | ChildKind::Secret | ChildKind::ServiceAccount => 0,
+            ChildKind::ConfigMap
+            | ChildKind::Secret
+            | ChildKind::ServiceAccount
+            | ChildKind::Certificate => 0,
             ChildKind::Service | ChildKind::NetworkPolicy => 1,
             ChildKind::StatefulSet => 2,
-            ChildKind::PodDisruptionBudget | ChildKind::CronJob => 3,
+            ChildKind::PodDisruptionBudget | ChildKind::CronJob | ChildKind::DnsEndpoint => 3,
         }
     }
 }
@@ -141,6 +179,26 @@ impl Child {
             );
             map.insert("kind".into(), Value::String(kind_name.into_owned()));
         }
+        Ok(Child { kind, name, object })
+    }
+
+    /// Wraps an object of an optional CRD kind (its `apiVersion` and `kind` must be set).
+    pub fn from_dynamic(obj: &kube::api::DynamicObject) -> Result<Child, ChildError> {
+        let kind_name = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let kind = ChildKind::from_kind(&kind_name).ok_or(ChildError::UnownedKind(kind_name))?;
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .ok_or(ChildError::Unnamed(kind.as_str()))?;
+        let object = serde_json::to_value(obj).map_err(|source| ChildError::Serialize {
+            kind: kind.as_str(),
+            source,
+        })?;
         Ok(Child { kind, name, object })
     }
 }
@@ -215,6 +273,11 @@ mod tests {
             assert_eq!(ChildKind::from_kind(k.as_str()), Some(k));
             assert_eq!(k.api_resource().kind, k.as_str());
         }
+        assert!(!ChildKind::Certificate.is_watched());
+        assert_eq!(
+            ChildKind::DnsEndpoint.api_resource().api_version,
+            "externaldns.k8s.io/v1alpha1"
+        );
         assert_eq!(ChildKind::from_kind("PersistentVolumeClaim"), None);
     }
 }

@@ -108,7 +108,12 @@ async fn reconcile_domain(
         now,
     };
 
-    let desired = match ctx.planner.desired(&resolved) {
+    // Key generation and password hashing are CPU work: off the async threads.
+    let planner = ctx.planner.clone();
+    let planned = tokio::task::spawn_blocking(move || planner.desired(&resolved))
+        .await
+        .unwrap_or_else(|e| Err(format!("computing the desired state panicked: {e}")));
+    let desired = match planned {
         Ok(d) => d,
         Err(message) => {
             let obs = DomainObservation::new(Outcome::Failed {
@@ -238,37 +243,29 @@ async fn resolve_mailboxes(
                             .map(|v| v.clone().into_bytes())
                     })
             });
-            let outcome = match (secret.is_some(), value) {
-                (_, Some(v)) if !v.is_empty() => Ok(SecretBytes(v)),
-                (true, _) => Err(MailboxState::PasswordSecretMissing(format!(
-                    "Secret {:?} has no non-empty key {:?}",
+            let password = match (secret.is_some(), value) {
+                (_, Some(v)) => Ok(SecretBytes(v)),
+                (true, None) => Err(format!(
+                    "Secret {:?} has no key {:?}",
                     secret_ref.name, secret_ref.key
-                ))),
-                (false, _) => Err(MailboxState::PasswordSecretMissing(format!(
+                )),
+                (false, None) => Err(format!(
                     "Secret {:?} not found in namespace {namespace}",
                     secret_ref.name
-                ))),
+                )),
             };
-            Ok::<_, Error>((mb, outcome))
-        })
-        .collect();
-    let reads = stream::iter(reads)
-        .buffered(READ_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    let mut inputs = Vec::new();
-    for r in reads {
-        let (mb, outcome) = r?;
-        match outcome {
-            Ok(password) => inputs.push(MailboxInput {
+            Ok::<_, Error>(MailboxInput {
                 mailbox: mb.clone(),
                 password,
-            }),
-            Err(state) => {
-                states.insert(mb.name_any(), state);
-            }
-        }
-    }
+            })
+        })
+        .collect();
+    let inputs = stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((inputs, states))
 }
 

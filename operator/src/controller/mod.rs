@@ -25,6 +25,8 @@ pub mod mailbox;
 pub mod maildomain;
 pub mod mapping;
 pub mod metrics;
+pub mod planner;
+pub mod state;
 pub mod status;
 
 use std::future::Future;
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 use self::context::Context;
 use self::desired::Planner;
 use self::metrics::Metrics;
+use crate::resources::images::Images;
 
 /// Name of the reporting controller on Events.
 pub const CONTROLLER_NAME: &str = "postwarden";
@@ -112,6 +115,14 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "POSTWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+
+    /// Image of the Postfix pods of MailDomains that name none.
+    #[arg(long, env = "POSTWARDEN_MTA_IMAGE", default_value = crate::resources::images::DEFAULT_MTA_IMAGE)]
+    pub mta_image: String,
+
+    /// Image of the Dovecot pods of MailDomains that name none.
+    #[arg(long, env = "POSTWARDEN_IMAP_IMAGE", default_value = crate::resources::images::DEFAULT_IMAP_IMAGE)]
+    pub imap_image: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -153,7 +164,11 @@ fn default_identity() -> String {
 
 /// Runs the operator until SIGTERM or SIGINT (graceful: running reconciles finish, the Lease
 /// is released) or until leadership is lost (an error: the process should restart).
-pub async fn run(config: Config, planner: Arc<dyn Planner>) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let planner: Arc<dyn Planner> = Arc::new(planner::DomainPlanner::new(Images {
+        mta: config.mta_image.clone(),
+        imap: config.imap_image.clone(),
+    }));
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;

@@ -290,10 +290,14 @@ pub fn domain_status(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MailboxState {
     Ready,
+    /// In the users database, but some aliases are another Mailbox's (the message says which).
+    AliasesDropped(String),
     Suspended,
     DomainNotFound,
     DomainInvalid(String),
     PasswordSecretMissing(String),
+    /// The password value cannot be used (empty, or a hash in a weak scheme).
+    PasswordInvalid(String),
     AddressConflict(String),
     InvalidSpec(String),
 }
@@ -302,17 +306,22 @@ impl MailboxState {
     pub fn reason(&self) -> &'static str {
         match self {
             MailboxState::Ready => "Ready",
+            MailboxState::AliasesDropped(_) => "AliasesDropped",
             MailboxState::Suspended => "Suspended",
             MailboxState::DomainNotFound => "DomainNotFound",
             MailboxState::DomainInvalid(_) => "DomainInvalid",
             MailboxState::PasswordSecretMissing(_) => "PasswordSecretMissing",
+            MailboxState::PasswordInvalid(_) => "PasswordInvalid",
             MailboxState::AddressConflict(_) => "AddressConflict",
             MailboxState::InvalidSpec(_) => "InvalidSpec",
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        matches!(self, MailboxState::Ready | MailboxState::Suspended)
+        matches!(
+            self,
+            MailboxState::Ready | MailboxState::AliasesDropped(_) | MailboxState::Suspended
+        )
     }
 
     fn message(&self, address: Option<&str>, domain_ref: &str) -> String {
@@ -327,7 +336,12 @@ impl MailboxState {
             MailboxState::DomainInvalid(m) => {
                 format!("MailDomain {domain_ref:?} cannot be served: {m}")
             }
+            MailboxState::AliasesDropped(m) => format!(
+                "{} is in the users database; {m}",
+                address.unwrap_or("mailbox")
+            ),
             MailboxState::PasswordSecretMissing(m)
+            | MailboxState::PasswordInvalid(m)
             | MailboxState::AddressConflict(m)
             | MailboxState::InvalidSpec(m) => m.clone(),
         }

@@ -10,7 +10,8 @@ pub mod rotation;
 pub use crate::api::maildomain::DkimAlgorithm;
 pub use key::{generate, selector_for, txt_value, DkimKey};
 pub use rotation::{
-    plan_rotation, DkimState, KeyRole, RotationAction, RotationPlan, RotationPolicy, StoredKey,
+    advance, plan_rotation, DkimState, KeyRole, RotationAction, RotationPlan, RotationPolicy,
+    StoredKey,
 };
 
 /// A DKIM key could not be made, read or stored.

@@ -144,6 +144,19 @@ pub fn plan_rotation(state: &DkimState, spec: &DkimSpec, now: Timestamp) -> Rota
     plan(state, &policy, now)
 }
 
+/// Plans the rotation and takes its steps with newly generated keys: the state to store (write
+/// the Secret when `plan.actions` is not empty) and the plan (its `requeue_at`, and the
+/// status via [`DkimState::status`]).
+pub fn advance(
+    state: &DkimState,
+    spec: &DkimSpec,
+    now: Timestamp,
+) -> Result<(DkimState, RotationPlan), DkimError> {
+    let plan = plan_rotation(state, spec, now);
+    let next = state.apply(&plan, now, super::generate)?;
+    Ok((next, plan))
+}
+
 /// [`plan_rotation`] with a parsed policy.
 pub fn plan(state: &DkimState, policy: &RotationPolicy, now: Timestamp) -> RotationPlan {
     // Replay the steps on a copy whose new keys are placeholders: the plan is exactly what

@@ -220,8 +220,8 @@ fn policy_records(out: &mut Records, spec: &MailDomainSpec, domain: &str) {
     }
     if spec.policy.mta_sts.mode == MtaStsMode::Enforce && uses_internal_ca(&spec.tls) {
         comment.push_str(
-            "WARNING: mode enforce needs a publicly trusted certificate on every MX host; the \
-             internal CA's is not. Use tls.certManager with a public issuer or tls.secretName.\n",
+            "WARNING: mode enforce needs a publicly trusted certificate on every MX host, which\n\
+             the internal CA's is not: use tls.certManager with a public issuer or tls.secretName.\n",
         );
     }
     out.push(

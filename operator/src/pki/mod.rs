@@ -5,12 +5,15 @@
 //! - [`renewal`]: when the serving certificate is renewed ([`decide`]).
 //! - [`ca`]: when the CA is rolled, with an overlap in which the old and the new CA are both
 //!   trusted ([`decide_ca`], [`CaState`]).
+//! - [`internal`]: one pass over both, as the controller and `render` run it
+//!   ([`advance_internal_tls`]).
 //!
 //! Nothing here reads a clock or the cluster: the controller passes `now` and the Secrets' data
 //! and requeues at the times the decisions return.
 
 pub mod ca;
 pub mod cert;
+pub mod internal;
 pub mod renewal;
 
 pub use ca::{advance_ca, decide_ca, CaAction, CaDecision, CaPhase, CaPolicy, CaProgress, CaState};
@@ -18,6 +21,7 @@ pub use cert::{
     cert_validity, inspect, is_issued_by, issue_serving, new_ca, serving_dns_names,
     serving_secret_data, CertInfo, CertKeyPair, BACKDATE,
 };
+pub use internal::{advance_internal_tls, ca_common_name, InternalTls};
 pub use renewal::{decide, RenewReason, Renewal, RenewalPolicy};
 
 /// A certificate could not be made or read.

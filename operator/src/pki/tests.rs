@@ -472,3 +472,82 @@ fn ca_state_round_trips_through_its_secret() {
     assert!(CaState::from_secret_data(&broken).is_err());
     assert!(!format!("{:?}", CaState::create("ca", &policy, t0).unwrap()).contains("PRIVATE KEY"));
 }
+
+#[test]
+fn internal_tls_pass_creates_keeps_renews_and_follows_the_ca() {
+    let md = quickstart_domain();
+    let t0 = ts("2026-01-01T00:00:00Z");
+    let first = advance_internal_tls(&md, "mail", None, None, t0).unwrap();
+    assert_eq!(first.ca_actions, [CaAction::Create]);
+    assert_eq!(first.renewed, Some(RenewReason::Missing));
+    // Default tls.duration 2160h (90 days), renewed with 30 days left.
+    let renew_at = at(t0, 60 * DAY);
+    assert_eq!(first.requeue_at, renew_at);
+    assert_eq!(first.status.secret_name, "example-com-tls");
+    assert_eq!(
+        first.status.not_after.as_deref(),
+        Some("2026-04-01T00:00:00Z")
+    );
+    assert_eq!(
+        first.status.renewal_time.as_deref(),
+        Some("2026-03-02T00:00:00Z")
+    );
+    let data = first.tls_secret_data();
+    assert_eq!(data["ca.crt"], first.ca.trust_bundle());
+    assert_eq!(data["tls.crt"], first.serving.cert_pem);
+
+    // Nothing changes until the renewal time.
+    let kept = advance_internal_tls(
+        &md,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        before(renew_at, Duration::from_secs(1)),
+    )
+    .unwrap();
+    assert!(kept.ca_actions.is_empty());
+    assert_eq!((kept.renewed, &kept.serving), (None, &first.serving));
+
+    let renewed = advance_internal_tls(
+        &md,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        renew_at,
+    )
+    .unwrap();
+    assert_eq!(renewed.renewed, Some(RenewReason::WithinRenewBefore));
+    assert_eq!(renewed.requeue_at, at(renew_at, 60 * DAY));
+
+    // A new Dovecot replica needs its pod name on the certificate.
+    let mut one_replica = md.clone();
+    one_replica.spec.imap.replicas = 1;
+    let fewer = advance_internal_tls(
+        &one_replica,
+        "mail",
+        Some(first.ca.clone()),
+        Some(first.serving.clone()),
+        at(t0, DAY),
+    )
+    .unwrap();
+    assert_eq!(fewer.renewed, Some(RenewReason::NamesChanged));
+
+    // When the CA switches, the certificate is reissued in the same pass.
+    let (_, ca_not_after) = cert_validity(&first.ca.current.cert_pem).unwrap();
+    let ca_roll = before(ca_not_after, CaPolicy::default().renew_before);
+    let introducing =
+        advance_internal_tls(&md, "mail", Some(first.ca.clone()), None, ca_roll).unwrap();
+    assert_eq!(introducing.ca_actions, [CaAction::Introduce]);
+    assert_eq!(introducing.requeue_at, at(ca_roll, DAY));
+    let switched = advance_internal_tls(
+        &md,
+        "mail",
+        Some(introducing.ca.clone()),
+        Some(introducing.serving.clone()),
+        at(ca_roll, DAY),
+    )
+    .unwrap();
+    assert_eq!(switched.ca_actions, [CaAction::Switch]);
+    assert_eq!(switched.renewed, Some(RenewReason::IssuerChanged));
+    assert!(is_issued_by(&switched.serving.cert_pem, &switched.ca.current.cert_pem).unwrap());
+}

@@ -84,11 +84,13 @@ impl<'a> Domain<'a> {
 /// Numeric user and group ids the mail images are built with (images/ creates these users).
 /// Numeric, because `runAsNonRoot` can only be verified for numeric ids.
 pub mod ids {
-    /// Owner of every mailbox on the mail volume (Dovecot's `mail_uid`/`mail_gid`) and the
-    /// IMAP pods' `fsGroup`, so a fresh volume is writable by the mail processes.
-    pub const VMAIL: i64 = 5000;
-    /// The Rspamd sidecar's user and group, and the MTA pods' `fsGroup`, so Rspamd (not
-    /// root-only) can read the DKIM keys mounted with mode 0440.
+    /// Owner of every mailbox on the mail volume (Dovecot's mail uid/gid, `userdb::VMAIL_UID`)
+    /// and the IMAP pods' `fsGroup`: the kubelet keeps the mail volume's root group-owned by
+    /// it, which is the group the mail processes run as anyway.
+    pub const VMAIL: i64 = crate::userdb::VMAIL_UID as i64;
+    /// The Rspamd sidecar's user and group, and the MTA pods' `fsGroup`, so Rspamd (running as
+    /// this non-root user) can read the DKIM keys mounted with mode 0440, and nobody else
+    /// but root can.
     pub const RSPAMD: i64 = 5001;
 }
 
@@ -99,13 +101,13 @@ pub mod keys {
     pub const TLS_KEY: &str = "tls.key";
     pub const TLS_CA: &str = "ca.crt";
     /// Internal Secret: the doveadm password (replication and backup) ...
-    pub const DOVEADM_PASSWORD: &str = "doveadm-password";
+    pub const DOVEADM_PASSWORD: &str = crate::config::secret_files::DOVEADM_PASSWORD;
     /// ... and the key that derives password-hash salts, so a hash only changes with its password.
     pub const HASH_KEY: &str = "hash-key";
 
     /// Users Secret `shard`: its passwd-file, named as Dovecot's `%1Mu` lookup expects.
     pub fn users_shard(shard: usize) -> String {
-        format!("{shard:x}.passwd")
+        crate::userdb::shard_file_name(shard)
     }
 }
 

@@ -27,7 +27,7 @@ pub const MAP_ALIASES: &str = "aliases";
 pub const MAP_SENDERS: &str = "senders";
 
 /// One Mailbox with everything the users database needs, its password already hashed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ResolvedMailbox {
     pub local_part: String,
     /// `{SHA512-CRYPT}...` or `{ARGON2ID}...`, as returned by [`hash_password`].
@@ -64,9 +64,9 @@ pub fn shard_of(address: &str) -> usize {
     usize::from(digest[0] >> 4)
 }
 
-/// Builds the shards and maps. Output is sorted and deterministic. Two mailboxes claiming the
-/// same address are a conflict the caller reports; here the first (by address) keeps the login
-/// and alias targets are merged, so nothing panics.
+/// Builds the shards and maps. Output is sorted and deterministic, whatever the input order.
+/// Two mailboxes claiming the same address are a conflict the caller reports; here one of them
+/// (the smallest) keeps the login and an alias claimed twice goes to both, so nothing panics.
 pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
     let domain = md.domain.to_ascii_lowercase();
     let alias_domains: Vec<String> = md
@@ -76,8 +76,11 @@ pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
         .filter(|d| *d != domain)
         .collect();
 
+    // Sorted first, so which of two clashing mailboxes wins does not depend on input order.
+    let mut sorted: Vec<&ResolvedMailbox> = mailboxes.iter().collect();
+    sorted.sort();
     let mut users: BTreeMap<String, &ResolvedMailbox> = BTreeMap::new();
-    for m in mailboxes {
+    for m in sorted {
         let address = format!("{}@{domain}", m.local_part.to_ascii_lowercase());
         users.entry(address).or_insert(m);
     }
@@ -130,12 +133,14 @@ pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
 }
 
 /// `user:password:uid:gid:gecos:home:shell:extra` with uid, gid and home left to the userdb's
-/// defaults, the quota as a userdb field and a refused login for suspended mailboxes.
+/// defaults, the quota as a userdb field and a refused login for suspended mailboxes (whose
+/// userdb entry stays, so mail is still delivered).
 fn passwd_line(address: &str, m: &ResolvedMailbox) -> String {
     let mut extra = Vec::new();
     if m.suspended {
-        extra.push("nologin".to_string());
-        extra.push("reason=Mailbox_suspended".to_string());
+        // `fail` makes the auth server refuse the login, so IMAP and Postfix SASL are both
+        // refused; `nologin` would only be enforced by Dovecot's own login processes.
+        extra.push("fail".to_string());
     }
     if let Some(q) = m.quota_bytes {
         extra.push(format!("userdb_quota_rule=*:bytes={q}"));

@@ -1,0 +1,329 @@
+//! Properties and snapshots of the rendered configuration (no daemons needed).
+
+use std::process::Command;
+
+use super::testing::quickstart;
+use super::*;
+use crate::api::maildomain::MailDomain;
+use crate::manifest::to_yaml;
+
+fn k8s(md: &MailDomain) -> Layout {
+    Layout::kubernetes(
+        md.metadata.name.as_deref().unwrap(),
+        md.metadata.namespace.as_deref().unwrap(),
+        md.spec.imap.replicas as usize,
+    )
+}
+
+/// `key = value` of a main.cf, last one wins like in Postfix.
+fn main_cf_value(main: &str, key: &str) -> Option<String> {
+    main.lines()
+        .rev()
+        .filter_map(|l| {
+            l.split_once(" = ")
+                .or_else(|| l.strip_suffix(" =").map(|k| (k, "")))
+        })
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+}
+
+#[test]
+fn snapshot_postfix() {
+    let md = quickstart();
+    insta::assert_snapshot!(to_yaml(&postfix::render(&md, &k8s(&md))));
+}
+
+#[test]
+fn snapshot_dovecot() {
+    let md = quickstart();
+    insta::assert_snapshot!(to_yaml(&dovecot::render(&md, &k8s(&md))));
+}
+
+#[test]
+fn snapshot_rspamd() {
+    let md = quickstart();
+    insta::assert_snapshot!(to_yaml(&rspamd::render(&md, &k8s(&md))));
+}
+
+#[test]
+fn snapshot_scripts() {
+    let md = quickstart();
+    insta::assert_snapshot!(to_yaml(&scripts::render(&md, &k8s(&md))));
+}
+
+#[test]
+fn postfix_is_no_open_relay_and_submission_needs_tls_and_auth() {
+    let md = quickstart();
+    let files = postfix::render(&md, &k8s(&md));
+    let main = &files[postfix::MAIN_CF];
+    let master = &files[postfix::MASTER_CF];
+    let v = |k| main_cf_value(main, k).unwrap_or_else(|| panic!("{k} missing"));
+    assert_eq!(v("smtpd_relay_restrictions"), "reject_unauth_destination");
+    assert_eq!(v("mynetworks"), "");
+    assert_eq!(v("smtpd_tls_auth_only"), "yes");
+    assert_eq!(v("smtpd_sasl_auth_enable"), "no", "no AUTH on port 25");
+    assert_eq!(
+        v("submission_relay_restrictions"),
+        "permit_sasl_authenticated, reject"
+    );
+    assert!(
+        v("submission_sender_restrictions").contains("reject_authenticated_sender_login_mismatch")
+    );
+    assert_eq!(v("smtpd_tls_mandatory_protocols"), ">=TLSv1.2");
+    assert_eq!(v("smtpd_tls_protocols"), ">=TLSv1.2");
+    assert_eq!(v("smtpd_sasl_type"), "dovecot");
+    assert_eq!(
+        v("smtpd_sasl_path"),
+        "inet:example-com-imap-hl.mail.svc:12345"
+    );
+    assert_eq!(
+        v("virtual_transport"),
+        "lmtp:inet:example-com-imap-hl.mail.svc:24"
+    );
+    assert_eq!(v("virtual_mailbox_domains"), "example.com");
+    assert_eq!(
+        v("virtual_mailbox_maps"),
+        "texthash:/etc/postwarden/maps/mailboxes"
+    );
+    assert_eq!(v("smtpd_reject_unlisted_recipient"), "yes");
+    assert_eq!(v("message_size_limit"), (25 * 1024 * 1024).to_string());
+    assert_eq!(v("smtpd_milters"), "inet:127.0.0.1:11332");
+    assert_eq!(v("non_smtpd_milters"), "inet:127.0.0.1:11332");
+    assert_eq!(v("milter_default_action"), "tempfail");
+    assert_eq!(v("maillog_file"), "/dev/stdout");
+    assert_eq!(v("smtp_tls_security_level"), "dane");
+    assert!(main_cf_value(main, "relayhost").is_none());
+
+    // Both submission ports enforce TLS and SASL; 465 is implicit TLS.
+    for port in ["587", "465"] {
+        let block: String = master
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&format!("{port} ")))
+            .take_while(|l| l.starts_with(port) || l.starts_with("  -o"))
+            .collect();
+        assert!(
+            block.contains("-o smtpd_tls_security_level=encrypt"),
+            "{block}"
+        );
+        assert!(block.contains("-o smtpd_sasl_auth_enable=yes"), "{block}");
+        assert_eq!(block.contains("smtpd_tls_wrappermode=yes"), port == "465");
+    }
+    assert!(master.starts_with("# Generated"));
+    assert!(master
+        .contains("\n25               inet  n       -       n       -       1       postscreen\n"));
+}
+
+#[test]
+fn master_cf_never_chroots_and_keeps_postlog() {
+    let md = quickstart();
+    let master = &postfix::render(&md, &k8s(&md))[postfix::MASTER_CF];
+    let services: Vec<Vec<&str>> = master
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(' '))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(services.len() > 20);
+    for s in &services {
+        assert_eq!(s[4], "n", "chroot of {s:?}");
+    }
+    assert!(services
+        .iter()
+        .any(|s| s[0] == "postlog" && s[1] == "unix-dgram"));
+}
+
+#[test]
+fn alias_domains_size_limit_and_proxy_protocol_follow_the_spec() {
+    let mut md = quickstart();
+    md.spec.alias_domains = vec!["example.org".into(), "example.net".into()];
+    md.spec.mta.message_size_limit =
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Mi".into());
+    md.spec.mta.proxy_protocol = true;
+    md.spec.imap.proxy_protocol = true;
+    let layout = k8s(&md);
+    let files = postfix::render(&md, &layout);
+    let main = &files[postfix::MAIN_CF];
+    assert_eq!(
+        main_cf_value(main, "virtual_mailbox_domains").unwrap(),
+        "example.com, example.org, example.net"
+    );
+    assert_eq!(
+        main_cf_value(main, "message_size_limit").unwrap(),
+        "10485760"
+    );
+    assert_eq!(
+        main_cf_value(main, "postscreen_upstream_proxy_protocol").unwrap(),
+        "haproxy"
+    );
+    let master = &files[postfix::MASTER_CF];
+    assert_eq!(
+        master
+            .matches("-o smtpd_upstream_proxy_protocol=haproxy")
+            .count(),
+        2
+    );
+
+    let dove = dovecot::render(&md, &layout);
+    let inst = &dove[&dovecot::instance_file_name(0)];
+    assert_eq!(inst.matches("haproxy = yes").count(), 2, "{inst}");
+    assert!(inst.contains("haproxy_trusted_networks"));
+
+    md.spec.mta.proxy_protocol = false;
+    let main = &postfix::render(&md, &layout)[postfix::MAIN_CF];
+    assert!(!main.contains("proxy_protocol"));
+}
+
+#[test]
+fn dovecot_enforces_tls_and_reads_secrets_from_files() {
+    let md = quickstart();
+    let files = dovecot::render(&md, &k8s(&md));
+    let shared = &files[dovecot::DOVECOT_CONF];
+    for line in [
+        "ssl = required",
+        "ssl_min_protocol = TLSv1.2",
+        "disable_plaintext_auth = yes",
+        "auth_username_format = %Lu",
+        "args = scheme=SHA512-CRYPT /etc/postwarden/users/%1Mu.passwd",
+        "default_fields = uid=5000 gid=5000",
+        "quota = count:User quota",
+        "doveadm_password = </etc/postwarden/secrets/doveadm-password",
+        "ssl_key = </etc/postwarden/tls/tls.key",
+    ] {
+        assert!(shared.contains(&format!("{line}\n")), "missing {line:?}");
+    }
+    // The mail plugins replication needs are in the global list before protocol blocks extend it.
+    let global = shared
+        .find("mail_plugins = $mail_plugins quota notify replication\n")
+        .unwrap();
+    assert!(global < shared.find("protocol imap {").unwrap());
+    assert_eq!(files.len(), 3, "shared file and one per replica");
+    let one = &files[&dovecot::instance_file_name(1)];
+    assert!(one.contains("!include /etc/postwarden/config/dovecot.conf\n"));
+    assert!(
+        one.contains("mail_replica = tcp:example-com-imap-0.example-com-imap-hl.mail.svc:12346\n")
+    );
+    assert!(one.contains("base_dir = /run/postwarden/dovecot\n"));
+    assert!(one.contains("mail_home = /var/mail/%d/%n\n"));
+}
+
+#[test]
+fn one_dovecot_replica_has_no_replication() {
+    let mut md = quickstart();
+    md.spec.imap.replicas = 1;
+    let files = dovecot::render(&md, &k8s(&md));
+    assert_eq!(files.len(), 2);
+    let all: String = files.values().cloned().collect();
+    assert!(
+        !all.contains("mail_replica") && !all.contains("replication"),
+        "{all}"
+    );
+    assert!(!all.contains(" notify"));
+    let entry = &scripts::render(&md, &k8s(&md))[scripts::IMAP_ENTRYPOINT];
+    assert!(!entry.contains("replicator"));
+}
+
+#[test]
+fn local_layout_instances_get_their_own_dirs_and_ports() {
+    let md = quickstart();
+    let layout = Layout::local(std::path::Path::new("/srv/pw"), 20000, 2);
+    let files = dovecot::render(&md, &layout);
+    let zero = &files[&dovecot::instance_file_name(0)];
+    let one = &files[&dovecot::instance_file_name(1)];
+    assert!(zero.contains("base_dir = /srv/pw/run/postwarden/imap-0/dovecot\n"));
+    assert!(one.contains("mail_home = /srv/pw/var/mail/imap-1/%d/%n\n"));
+    assert!(zero.contains("port = 20993\n") && one.contains("port = 30993\n"));
+    assert!(zero.contains("mail_replica = tcp:127.0.0.1:31346\n"));
+    assert!(one.contains("mail_replica = tcp:127.0.0.1:21346\n"));
+    assert!(zero.contains("log_path = /srv/pw/var/log/dovecot-0.log\n"));
+    let ports: Vec<u16> = layout.listen_ports().iter().map(|(p, _)| *p).collect();
+    assert!(ports.contains(&20025) && ports.contains(&31346) && ports.contains(&21332));
+    let main = &postfix::render(&md, &layout)[postfix::MAIN_CF];
+    assert_eq!(
+        main_cf_value(main, "relayhost").unwrap(),
+        "[127.0.0.1]:21025"
+    );
+    assert_eq!(
+        main_cf_value(main, "smtp_tls_security_level").unwrap(),
+        "may"
+    );
+    assert!(main.contains("maillog_file_prefixes = /var, /dev/stdout, /srv/pw/var/log\n"));
+    let rspamd = &rspamd::render(&md, &layout)[rspamd::RSPAMD_CONF];
+    assert!(rspamd.contains("nameserver = [\"127.0.0.1:21053\"];"));
+}
+
+#[test]
+fn rspamd_thresholds_dkim_paths_and_spam_switch() {
+    let mut md = quickstart();
+    md.spec.spam.reject_score = 20;
+    md.spec.spam.add_header_score = 7;
+    let layout = k8s(&md);
+    let files = rspamd::render(&md, &layout);
+    let modules = &files[rspamd::RSPAMD_MODULES_CONF];
+    assert!(modules.contains("reject = 20;\n  add_header = 7;"));
+    assert!(modules.contains("selector_map = \"/etc/postwarden/dkim/selectors.map\";"));
+    assert!(modules.contains("path = \"/etc/postwarden/dkim/$domain.$selector.key\";"));
+    assert!(modules.contains("sign_authenticated = true;"));
+    assert!(modules.contains("sign_local = false;"));
+    for off in ["rbl", "fuzzy_check", "surbl", "asn", "emails"] {
+        assert!(
+            modules.contains(&format!("\n{off} {{\n  enabled = false;\n}}")),
+            "{off}"
+        );
+    }
+    assert!(!modules.contains("want_spam"));
+    let top = &files[rspamd::RSPAMD_CONF];
+    assert!(top.contains("bind_socket = \"127.0.0.1:11332\";"));
+    assert!(top.contains("bind_socket = \"*:11334\";"));
+    assert!(
+        !top.contains("password ="),
+        "no controller password in a ConfigMap"
+    );
+    assert!(!top.contains("redis"));
+
+    md.spec.spam.enabled = false;
+    let modules = &rspamd::render(&md, &layout)[rspamd::RSPAMD_MODULES_CONF];
+    assert!(modules.contains("reject = null;"));
+    assert!(modules.contains("want_spam = yes;"));
+    assert!(modules.contains("dkim_signing {"), "outbound still signed");
+}
+
+#[test]
+fn entrypoints_are_valid_posix_sh() {
+    let md = quickstart();
+    for layout in [
+        k8s(&md),
+        Layout::local(std::path::Path::new("/srv/p w"), 20000, 2),
+    ] {
+        for (name, script) in scripts::render(&md, &layout) {
+            assert!(script.starts_with("#!/bin/sh\n"), "{name}");
+            let out = Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // dash is Debian's /bin/sh; a bashism would fail there.
+            assert!(!script.contains("[["), "{name}");
+        }
+    }
+}
+
+#[test]
+fn mta_and_imap_file_sets_are_disjoint_and_hold_no_secrets() {
+    let md = quickstart();
+    let layout = k8s(&md);
+    let mta = mta_files(&md, &layout);
+    let imap = imap_files(&md, &layout);
+    assert!(mta.keys().all(|k| !imap.contains_key(k)));
+    for (name, content) in mta.iter().chain(&imap) {
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+            "{name} is not a ConfigMap key"
+        );
+        assert!(!content.contains("PRIVATE KEY"), "{name}");
+        assert!(!content.contains("{SHA512-CRYPT}"), "{name}");
+    }
+}
