@@ -45,6 +45,7 @@ class Cluster:
     def clear_faults(self) -> None: ...
     def operator_writes(self, identity: str | None = None) -> dict[str, int] | None: ...
     def reset_writes(self) -> None: ...
+    def reconciles(self, identity: str) -> int | None: ...
 
     def lease_holder(self) -> str | None:
         """holderIdentity of the operator's leader Lease (found among all Leases by holder)."""
@@ -148,6 +149,12 @@ class EmulatedCluster(Cluster):
     def reset_writes(self) -> None:
         self.emulator.reset()
 
+    def reconciles(self, identity: str) -> int:
+        """MailDomain reconciles the operator has run (its postwarden_reconciles counter)."""
+        text = metrics(self.processes[identity].metrics_port)
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("postwarden_reconciles_total{") and 'kind="MailDomain"' in line))
+
     def close(self) -> None:
         self.stop_all()
         self.emulator.stop()
@@ -223,6 +230,9 @@ class RealCluster(Cluster):
 
     def reset_writes(self) -> None:
         pass
+
+    def reconciles(self, identity: str) -> None:
+        return None  # the pods' metrics port is not reachable from here
 
     def close(self) -> None:
         pass

@@ -341,7 +341,11 @@ def test_steady_state_quiet(cluster, ns, operator):
     time.sleep(2)  # let the reconcile that Ready triggered finish
     cluster.reset_writes()
     versions = resource_versions(kube, ns)
+    before = cluster.reconciles(operator)
     sleep_until(time.monotonic() + 2 * RESYNC_SECONDS + 3)
+    after = cluster.reconciles(operator)
+    if before is not None:
+        assert after - before >= 2, f"expected two resyncs in the window, saw {after - before} reconciles"
     assert without_leases(cluster.operator_writes()) in ({}, None), \
         f"writes during two idle resyncs: {cluster.operator_writes()}"
     assert resource_versions(kube, ns) == versions, "objects changed during idle resyncs"
