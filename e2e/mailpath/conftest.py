@@ -24,7 +24,7 @@ from sink import Sink  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_BASE = int(os.environ.get("MAILPATH_PORT_BASE", "20000"))
-READY_TIMEOUT = 180
+READY_TIMEOUT = 330
 TIMINGS = {}
 SUITE_START = time.monotonic()
 
