@@ -24,7 +24,7 @@ from sink import Sink  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_BASE = int(os.environ.get("MAILPATH_PORT_BASE", "20000"))
-READY_TIMEOUT = 180
+READY_TIMEOUT = 330
 TIMINGS = {}
 SUITE_START = time.monotonic()
 
@@ -126,6 +126,8 @@ def stack(sink):
         TIMINGS["stack start-to-ready (seen by the suite)"] = time.monotonic() - started
         s.ready = json.loads((directory / "ready").read_text())
         TIMINGS["stack start-to-ready (reported by local up)"] = s.ready["readySeconds"]
+        for name, seconds in s.ready["daemonReadySeconds"].items():
+            TIMINGS[f"  {name} listening after"] = seconds
         yield s
     finally:
         stopping = time.monotonic()
