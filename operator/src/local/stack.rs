@@ -74,8 +74,13 @@ impl Stack {
     pub async fn stop(&mut self) {
         async fn stop_one(d: Daemon) {
             let name = d.name().to_string();
-            if let Err(e) = d.stop(STOP_GRACE).await {
-                eprintln!("warning: stopping {name}: {e:#}");
+            let started = Instant::now();
+            match d.stop(STOP_GRACE).await {
+                Ok(()) => println!(
+                    "  {name} stopped in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => eprintln!("warning: stopping {name}: {e:#}"),
             }
         }
         if let Some(last) = self.daemons.pop() {
