@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster of $KUBECONFIG (or the in-cluster configuration)
+    /// until SIGTERM or SIGINT.
+    Run(Box<postwarden::controller::Config>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Print every Kubernetes object the operator would create for the resources in a file or
@@ -31,12 +34,26 @@ enum Command {
         #[arg(long)]
         dns: bool,
     },
+    /// Backups of a MailDomain's mail.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Run the mail stack of one MailDomain on this machine, in the real Postfix, Dovecot and
     /// Rspamd, from exactly the files the operator renders (no cluster needed).
     #[command(subcommand)]
     Local(LocalCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Print (or, with --apply, create) a Job that restores one mailbox or all from the latest
+    /// or a named snapshot into the running replicas. Mail that arrived after the snapshot is
+    /// kept: the snapshot's messages are imported alongside, and messages still present are
+    /// not doubled.
+    Restore(postwarden::backup::command::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -74,11 +91,17 @@ enum LocalCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(config) => run(*config),
         Command::Crds => {
             print!("{}", postwarden::crd::yaml());
             Ok(())
         }
         Command::Render { file, dns } => render(file, dns),
+        Command::Backup {
+            command: BackupCommand::Restore(args),
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(postwarden::backup::command::restore(args))),
         Command::Local(LocalCommand::Up {
             file,
             dir,
@@ -109,6 +132,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(config: postwarden::controller::Config) -> anyhow::Result<()> {
+    postwarden::controller::init_logging(config.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(postwarden::controller::run(config))
 }
 
 fn render(file: Option<PathBuf>, dns: bool) -> anyhow::Result<()> {

@@ -97,3 +97,131 @@ fn render_refuses_unknown_kinds() {
         stderr(&out)
     );
 }
+
+/// Runs `kubernetes-validate` (e2e/requirements.txt) strictly against the oldest Kubernetes
+/// we support, on a file of objects.
+fn kubernetes_validate(path: &std::path::Path) -> Output {
+    Command::new("kubernetes-validate")
+        .args(["-k", "1.33.0", "--strict", "--quiet"])
+        .arg(path)
+        .output()
+        .expect("kubernetes-validate is installed (pip install -r e2e/requirements.txt)")
+}
+
+#[test]
+fn rendered_stacks_are_strictly_valid_kubernetes_1_33_objects() {
+    // The check itself can fail: a misspelled field is refused.
+    let bad = write_temp(
+        "invalid-service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  prots: [{port: 25}]\n",
+    );
+    let refused = kubernetes_validate(&bad);
+    assert!(
+        !refused.status.success(),
+        "a misspelled field passed validation"
+    );
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let quickstart = examples.join("quickstart.yaml");
+    for args in [
+        vec!["render"],
+        vec!["render", "-f", quickstart.to_str().unwrap()],
+        vec!["render", "-f", examples.to_str().unwrap()],
+    ] {
+        let out = postwarden(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        assert!(rendered.contains("kind: StatefulSet"), "{args:?}");
+        let path = write_temp("rendered.yaml", &rendered);
+        let v = kubernetes_validate(&path);
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        assert!(v.status.success(), "{args:?}:\n{report}");
+        assert!(!report.contains("ERROR"), "{args:?}:\n{report}");
+    }
+}
+
+#[test]
+fn render_names_the_mailbox_whose_password_secret_is_missing() {
+    let quickstart = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/quickstart.yaml"),
+    )
+    .unwrap();
+    let without_bobs_secret: Vec<&str> = quickstart
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: bob-password\n  namespace"))
+        .collect();
+    let path = write_temp("no-bob-password.yaml", &without_bobs_secret.join("\n---\n"));
+    let out = postwarden(&["render", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "Mailbox bob: password Secret bob-password (key password) not found in the inputs"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn backup_restore_prints_a_job_for_one_mailbox_from_a_snapshot() {
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/quickstart.yaml"
+    );
+    let out = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@example.com",
+        "--snapshot",
+        "057ad2fd",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("apiVersion: batch/v1\nkind: Job\n"),
+        "{text}"
+    );
+    assert!(text.contains("generateName: example-com-restore-"));
+    assert!(text.contains("name: RESTORE_MAILBOX\n") && text.contains("value: alice@example.com"));
+    assert!(text.contains("value: 057ad2fd"));
+
+    let wrong = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@elsewhere.example",
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("not an address of example.com"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let missing = postwarden(&[
+        "backup", "restore", "--domain", "nope", "-n", "mail", "-f", quickstart,
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no MailDomain mail/nope"),
+        "{}",
+        stderr(&missing)
+    );
+}

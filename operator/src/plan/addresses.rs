@@ -1,14 +1,14 @@
 //! Which Mailboxes of a domain may have which addresses.
 //!
 //! A Mailbox claims its local part and each of its aliases (case-insensitively, at the domain
-//! and every alias domain). When claims collide, one Mailbox keeps its addresses and the other
-//! is left out of the users database entirely, with a reason its condition can show:
+//! and every alias domain). Collisions are settled so that no edit or creation can take a
+//! working mailbox away from someone else:
 //!
-//! 1. Two local parts: the older Mailbox keeps it (creation time, then name).
-//! 2. An alias equal to another Mailbox's local part: the alias's owner is left out. A local
-//!    part always beats an alias, so adding an alias can never take a working mailbox away
-//!    from someone else.
-//! 3. Two aliases: the older Mailbox keeps it.
+//! 1. Two Mailboxes with one local part: the older (creation time, then name) keeps it; the
+//!    other is left out of the users database entirely, since it has no address of its own.
+//! 2. An alias equal to another Mailbox's local part: the alias is not delivered; the local
+//!    part always wins over an alias. Its Mailbox keeps working with its other addresses.
+//! 3. Two Mailboxes with one alias: the older keeps it; the newer loses only that alias.
 //!
 //! The outcome depends only on the Mailboxes, not on their password Secrets, so an address
 //! does not change hands while a Secret is briefly missing.
@@ -19,7 +19,8 @@ use kube::ResourceExt;
 
 use crate::api::Mailbox;
 
-/// Why a Mailbox is not in the users database (the `reason` of its Ready condition).
+/// Why a Mailbox (or one of its aliases) is not in the users database: the `reason` of its
+/// Ready condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExclusionReason {
     /// Its address or an alias is another Mailbox's.
@@ -40,16 +41,24 @@ impl ExclusionReason {
     }
 }
 
-/// A Mailbox left out, and why, in words for its condition message (never a secret).
+/// What is left out, and why, in words for a condition message (never a secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exclusion {
     pub reason: ExclusionReason,
     pub message: String,
 }
 
-/// The Mailboxes among `mailboxes` (all of one MailDomain serving `domain`) that lose an
-/// address conflict, by Mailbox name.
-pub fn conflicts(domain: &str, mailboxes: &[&Mailbox]) -> BTreeMap<String, Exclusion> {
+/// How the address conflicts among one domain's Mailboxes are settled, by Mailbox name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Mailboxes left out entirely (their local part is an older Mailbox's).
+    pub excluded: BTreeMap<String, Exclusion>,
+    /// Aliases (lowercase) a Mailbox keeps out of the users database, each with its reason.
+    pub dropped_aliases: BTreeMap<String, Vec<(String, Exclusion)>>,
+}
+
+/// Settles the claims of `mailboxes` (all of one MailDomain serving `domain`).
+pub fn settle(domain: &str, mailboxes: &[&Mailbox]) -> Settlement {
     let mut ordered: Vec<&Mailbox> = mailboxes.to_vec();
     ordered.sort_by(|a, b| {
         let created = |m: &Mailbox| m.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -61,7 +70,7 @@ pub fn conflicts(domain: &str, mailboxes: &[&Mailbox]) -> BTreeMap<String, Exclu
         ))
     });
     let address = |local: &str| format!("{local}@{domain}");
-    let mut excluded = BTreeMap::new();
+    let mut out = Settlement::default();
 
     // 1. Local parts, oldest first.
     let mut local_owner: BTreeMap<String, String> = BTreeMap::new();
@@ -69,7 +78,7 @@ pub fn conflicts(domain: &str, mailboxes: &[&Mailbox]) -> BTreeMap<String, Exclu
         let local = m.spec.normalized_local_part();
         match local_owner.get(&local) {
             Some(owner) => {
-                excluded.insert(
+                out.excluded.insert(
                     m.name_any(),
                     conflict(format!(
                         "address {} belongs to Mailbox {owner}",
@@ -83,11 +92,11 @@ pub fn conflicts(domain: &str, mailboxes: &[&Mailbox]) -> BTreeMap<String, Exclu
         }
     }
 
-    // 2. and 3. Aliases of the Mailboxes still in, oldest first.
+    // 2. and 3. Aliases of the Mailboxes that are in, oldest first.
     let mut alias_owner: BTreeMap<String, String> = BTreeMap::new();
     for m in &ordered {
         let name = m.name_any();
-        if excluded.contains_key(&name) {
+        if out.excluded.contains_key(&name) {
             continue;
         }
         let own = m.spec.normalized_local_part();
@@ -98,22 +107,30 @@ pub fn conflicts(domain: &str, mailboxes: &[&Mailbox]) -> BTreeMap<String, Exclu
             .map(|a| a.to_ascii_lowercase())
             .filter(|a| *a != own)
             .collect();
-        let taken = aliases.iter().find_map(|a| {
-            let owner = local_owner.get(a).or_else(|| alias_owner.get(a))?;
-            Some(format!("alias {} belongs to Mailbox {owner}", address(a)))
-        });
-        match taken {
-            Some(message) => {
-                excluded.insert(name, conflict(message));
-            }
-            None => {
-                for a in aliases {
-                    alias_owner.insert(a, name.clone());
+        for alias in aliases {
+            let taken = if let Some(owner) = local_owner.get(&alias) {
+                Some(format!(
+                    "alias {} is the address of Mailbox {owner}",
+                    address(&alias)
+                ))
+            } else {
+                alias_owner
+                    .get(&alias)
+                    .map(|owner| format!("alias {} belongs to Mailbox {owner}", address(&alias)))
+            };
+            match taken {
+                Some(message) => out
+                    .dropped_aliases
+                    .entry(name.clone())
+                    .or_default()
+                    .push((alias, conflict(message))),
+                None => {
+                    alias_owner.insert(alias, name.clone());
                 }
             }
         }
     }
-    excluded
+    out
 }
 
 fn conflict(message: String) -> Exclusion {
@@ -129,7 +146,12 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    fn mailbox(name: &str, local: &str, aliases: &[&str], created_s: Option<i64>) -> Mailbox {
+    pub(crate) fn mailbox(
+        name: &str,
+        local: &str,
+        aliases: &[&str],
+        created_s: Option<i64>,
+    ) -> Mailbox {
         let mut m = Mailbox::new(
             name,
             serde_json::from_value(serde_json::json!({
@@ -145,8 +167,17 @@ mod tests {
         m
     }
 
-    fn run(ms: &[Mailbox]) -> BTreeMap<String, Exclusion> {
-        conflicts("example.com", &ms.iter().collect::<Vec<_>>())
+    fn run(ms: &[Mailbox]) -> Settlement {
+        settle("example.com", &ms.iter().collect::<Vec<_>>())
+    }
+
+    fn dropped(s: &Settlement, name: &str) -> Vec<String> {
+        s.dropped_aliases
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(a, e)| format!("{a}: {}", e.message))
+            .collect()
     }
 
     #[test]
@@ -155,7 +186,7 @@ mod tests {
             mailbox("alice", "alice", &["postmaster", "abuse", "Alice"], Some(1)),
             mailbox("bob", "bob", &[], Some(2)),
         ];
-        assert!(run(&ms).is_empty());
+        assert_eq!(run(&ms), Settlement::default());
     }
 
     #[test]
@@ -166,10 +197,16 @@ mod tests {
             mailbox("unstored", "alice", &[], None),
         ];
         let out = run(&ms);
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["newer", "unstored"]);
-        assert_eq!(out["newer"].reason, ExclusionReason::AddressConflict);
         assert_eq!(
-            out["newer"].message,
+            out.excluded.keys().collect::<Vec<_>>(),
+            ["newer", "unstored"]
+        );
+        assert_eq!(
+            out.excluded["newer"].reason,
+            ExclusionReason::AddressConflict
+        );
+        assert_eq!(
+            out.excluded["newer"].message,
             "address alice@example.com belongs to Mailbox older"
         );
     }
@@ -180,21 +217,23 @@ mod tests {
             mailbox("b", "x", &[], Some(1)),
             mailbox("a", "x", &[], Some(1)),
         ];
-        assert_eq!(run(&ms).keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(run(&ms).excluded.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
-    fn an_alias_never_takes_another_mailboxs_local_part_even_when_older() {
-        let ms = [
-            mailbox("alice", "alice", &["bob"], Some(1)),
-            mailbox("bob", "bob", &[], Some(9)),
-        ];
-        let out = run(&ms);
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["alice"]);
-        assert_eq!(
-            out["alice"].message,
-            "alias bob@example.com belongs to Mailbox bob"
-        );
+    fn a_local_part_beats_an_alias_whoever_is_older() {
+        for (alice_age, postmaster_age) in [(1, 9), (9, 1)] {
+            let ms = [
+                mailbox("alice", "alice", &["postmaster", "abuse"], Some(alice_age)),
+                mailbox("postmaster", "postmaster", &[], Some(postmaster_age)),
+            ];
+            let out = run(&ms);
+            assert!(out.excluded.is_empty());
+            assert_eq!(
+                dropped(&out, "alice"),
+                ["postmaster: alias postmaster@example.com is the address of Mailbox postmaster"]
+            );
+        }
     }
 
     #[test]
@@ -202,24 +241,29 @@ mod tests {
         let ms = [
             mailbox("alice", "alice", &["sales"], Some(1)),
             mailbox("carol", "carol", &["SALES", "info"], Some(2)),
-            // dave may have `info`: carol, who is out, claims nothing.
             mailbox("dave", "dave", &["info"], Some(3)),
         ];
         let out = run(&ms);
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["carol"]);
+        assert!(out.excluded.is_empty());
         assert_eq!(
-            out["carol"].message,
-            "alias sales@example.com belongs to Mailbox alice"
+            dropped(&out, "carol"),
+            ["sales: alias sales@example.com belongs to Mailbox alice"]
+        );
+        assert_eq!(
+            dropped(&out, "dave"),
+            ["info: alias info@example.com belongs to Mailbox carol"]
         );
     }
 
     #[test]
-    fn a_mailbox_that_lost_its_local_part_claims_no_aliases() {
+    fn a_mailbox_left_out_claims_nothing() {
         let ms = [
             mailbox("alice", "alice", &[], Some(1)),
             mailbox("alice2", "alice", &["team"], Some(2)),
             mailbox("bob", "bob", &["team"], Some(3)),
         ];
-        assert_eq!(run(&ms).keys().collect::<Vec<_>>(), ["alice2"]);
+        let out = run(&ms);
+        assert_eq!(out.excluded.keys().collect::<Vec<_>>(), ["alice2"]);
+        assert!(out.dropped_aliases.is_empty());
     }
 }

@@ -43,6 +43,9 @@ pub struct MailboxOutcome {
     pub address: String,
     /// `None`: in the users database. `Some`: left out, with the condition reason and message.
     pub exclusion: Option<Exclusion>,
+    /// Aliases (lowercase) not delivered to this Mailbox because another holds them, each with
+    /// its reason; the Mailbox works with its other addresses.
+    pub dropped_aliases: Vec<(String, Exclusion)>,
 }
 
 /// One child, borrowed, whatever its kind.

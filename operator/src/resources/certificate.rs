@@ -19,6 +19,18 @@ pub fn api_resource() -> ApiResource {
     )
 }
 
+/// The names on a cert-manager certificate: the host name clients and other MTAs connect to
+/// and `mail.<domain>`. No cluster-internal names: public issuers (ACME) cannot validate them,
+/// and the daemons do not verify names on their internal connections.
+pub fn dns_names(domain: &Domain) -> Vec<String> {
+    let mut names = vec![
+        domain.spec.mail_hostname().to_ascii_lowercase(),
+        format!("mail.{}", domain.spec.domain.to_ascii_lowercase()),
+    ];
+    names.dedup();
+    names
+}
+
 /// The Certificate for `dns_names` (the serving certificate's subject alternative names).
 pub fn build(
     domain: &Domain,
@@ -74,5 +86,16 @@ mod tests {
         assert_eq!(v["spec"]["dnsNames"][0], "mail.example.com");
         assert_eq!(v["spec"]["duration"], "2160h");
         assert!(v["spec"].get("renewBefore").is_none());
+    }
+
+    #[test]
+    fn certificate_names_are_public_host_names_only() {
+        let mut md = testing::quickstart_domain();
+        assert_eq!(dns_names(&testing::domain(&md)), ["mail.example.com"]);
+        md.spec.hostname = Some("mx1.example.com".into());
+        assert_eq!(
+            dns_names(&testing::domain(&md)),
+            ["mx1.example.com", "mail.example.com"]
+        );
     }
 }

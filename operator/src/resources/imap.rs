@@ -9,13 +9,11 @@ use super::pod::{self, caps, DefaultResources, RunAs};
 use super::service;
 use super::stateful_set::{self, Shape};
 use super::{ids, keys, Domain};
+use crate::config::scripts;
 use crate::names::Component;
 
-/// Entrypoint of the Dovecot container, a file of the IMAP ConfigMap: starts Dovecot in the
-/// foreground and reloads it when the users database or certificates change.
-pub const DOVECOT_ENTRYPOINT: &str = "dovecot-entrypoint.sh";
-/// Dovecot's main configuration file in the IMAP ConfigMap.
-pub const DOVECOT_CONF: &str = "dovecot.conf";
+/// Where the entrypoint links the configuration of the pod's Dovecot instance, for doveadm.
+pub const DOVECOT_CONF_LINK: &str = "dovecot.conf";
 
 pub const DOVECOT_CONTAINER: &str = "dovecot";
 
@@ -50,7 +48,11 @@ pub fn build(
 ) -> StatefulSet {
     let layout = domain.layout();
     let config_dir = layout.config_dir();
-    let conf = config_dir.join(DOVECOT_CONF).display().to_string();
+    let conf = layout
+        .run_dir()
+        .join(DOVECOT_CONF_LINK)
+        .display()
+        .to_string();
 
     let mut ports = service::imap_ports(&layout.ports).to_vec();
     ports.extend(service::imap_internal_ports(&layout.ports));
@@ -64,9 +66,11 @@ pub fn build(
         image: Some(image.into()),
         command: Some(vec![
             "/bin/sh".to_string(),
-            config_dir.join(DOVECOT_ENTRYPOINT).display().to_string(),
+            config_dir
+                .join(scripts::IMAP_ENTRYPOINT)
+                .display()
+                .to_string(),
         ]),
-        env: Some(pod::pod_env()),
         ports: Some(pod::container_ports(&ports)),
         resources: Some(pod::resources(
             domain.spec.imap.resources.as_ref(),
@@ -83,7 +87,6 @@ pub fn build(
             pod::mount("secrets", layout.secrets_dir(), true),
             pod::mount("mail", layout.mail_dir(), false),
             pod::mount("run", layout.run_dir(), false),
-            pod::mount("state", "/var/lib/dovecot", false),
             pod::mount("tmp", "/tmp", false),
         ]),
         ..Container::default()
@@ -99,8 +102,8 @@ pub fn build(
             domain.names.internal(),
             &[keys::DOVEADM_PASSWORD],
         ),
-        pod::empty_dir("run", "64Mi"),
-        pod::empty_dir("state", "256Mi"),
+        // Dovecot's base and state directories: sockets, pid file, replication state.
+        pod::empty_dir("run", "128Mi"),
         pod::empty_dir("tmp", "256Mi"),
     ];
 

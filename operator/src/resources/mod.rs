@@ -4,6 +4,7 @@
 //!
 //! One file per object kind. [`crate::plan`] calls them all and orders the result.
 
+pub mod backup;
 pub mod certificate;
 pub mod config_map;
 pub mod images;
@@ -84,12 +85,18 @@ impl<'a> Domain<'a> {
 /// Numeric user and group ids the mail images are built with (images/ creates these users).
 /// Numeric, because `runAsNonRoot` can only be verified for numeric ids.
 pub mod ids {
-    /// Owner of every mailbox on the mail volume (Dovecot's `mail_uid`/`mail_gid`) and the
-    /// IMAP pods' `fsGroup`, so a fresh volume is writable by the mail processes.
-    pub const VMAIL: i64 = 5000;
-    /// The Rspamd sidecar's user and group, and the MTA pods' `fsGroup`, so Rspamd (not
-    /// root-only) can read the DKIM keys mounted with mode 0440.
+    /// Owner of every mailbox on the mail volume (Dovecot's mail uid/gid, `userdb::VMAIL_UID`)
+    /// and the IMAP pods' `fsGroup`: the kubelet keeps the mail volume's root group-owned by
+    /// it, which is the group the mail processes run as anyway.
+    pub const VMAIL: i64 = crate::userdb::VMAIL_UID as i64;
+    /// The Rspamd sidecar's user and group (`_rspamd`, renumbered to a fixed id by the mail-mta
+    /// image rather than left to package install order), and the MTA
+    /// pods' `fsGroup`, so Rspamd (running as this non-root user) can read the DKIM keys
+    /// mounted with mode 0440, and nobody else but root can.
     pub const RSPAMD: i64 = 5001;
+    /// Postfix's user and group (`postfix` of the mail-mta image), which owns the queue; the
+    /// queue exporter runs as it to reach the `showq` socket.
+    pub const POSTFIX: i64 = 101;
 }
 
 /// Keys of the Secrets and ConfigMaps whose files the daemons read, by mount.
@@ -99,13 +106,13 @@ pub mod keys {
     pub const TLS_KEY: &str = "tls.key";
     pub const TLS_CA: &str = "ca.crt";
     /// Internal Secret: the doveadm password (replication and backup) ...
-    pub const DOVEADM_PASSWORD: &str = "doveadm-password";
+    pub const DOVEADM_PASSWORD: &str = crate::config::secret_files::DOVEADM_PASSWORD;
     /// ... and the key that derives password-hash salts, so a hash only changes with its password.
     pub const HASH_KEY: &str = "hash-key";
 
     /// Users Secret `shard`: its passwd-file, named as Dovecot's `%1Mu` lookup expects.
     pub fn users_shard(shard: usize) -> String {
-        format!("{shard:x}.passwd")
+        crate::userdb::shard_file_name(shard)
     }
 }
 

@@ -9,17 +9,12 @@ use super::pod::{self, caps, DefaultResources, RunAs};
 use super::service::{self, NamedPort};
 use super::stateful_set::{self, Shape};
 use super::{ids, Domain};
+use crate::config::scripts;
 use crate::names::Component;
-
-/// Entrypoint of the Postfix container, a file of the MTA ConfigMap: clears stale pid files
-/// left on the queue volume, starts Postfix in the foreground and reloads it when mounted
-/// maps or certificates change.
-pub const POSTFIX_ENTRYPOINT: &str = "postfix-entrypoint.sh";
-/// Entrypoint of the Rspamd container, a file of the MTA ConfigMap.
-pub const RSPAMD_ENTRYPOINT: &str = "rspamd-entrypoint.sh";
 
 pub const POSTFIX_CONTAINER: &str = "postfix";
 pub const RSPAMD_CONTAINER: &str = "rspamd";
+pub const EXPORTER_CONTAINER: &str = "postfix-exporter";
 
 /// The capabilities of the Postfix container (see [`caps`] for why each is needed). Postfix
 /// runs without chroot, so SYS_CHROOT stays dropped.
@@ -38,11 +33,25 @@ const POSTFIX_RESOURCES: DefaultResources = DefaultResources {
     memory_request: "128Mi",
     memory_limit: "512Mi",
 };
+const EXPORTER_RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "10m",
+    memory_request: "32Mi",
+    memory_limit: "128Mi",
+};
 const RSPAMD_RESOURCES: DefaultResources = DefaultResources {
     cpu_request: "100m",
     memory_request: "256Mi",
     memory_limit: "1Gi",
 };
+
+/// Where the queue volume is mounted: the parent of Postfix's queue directory.
+pub fn queue_volume_root(layout: &crate::config::Layout) -> std::path::PathBuf {
+    let queue = layout.queue_dir();
+    queue
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(queue)
+}
 
 /// The StatefulSet `<md>-mta`.
 ///
@@ -69,8 +78,7 @@ pub fn build(
     let postfix = Container {
         name: POSTFIX_CONTAINER.into(),
         image: Some(image.into()),
-        command: Some(entry(POSTFIX_ENTRYPOINT)),
-        env: Some(pod::pod_env()),
+        command: Some(entry(scripts::MTA_ENTRYPOINT)),
         ports: Some(pod::container_ports(&service::smtp_ports(&layout.ports))),
         resources: Some(pod::resources(
             domain.spec.mta.resources.as_ref(),
@@ -86,9 +94,11 @@ pub fn build(
             pod::mount("config", &config_dir, true),
             pod::mount("maps", layout.maps_dir(), true),
             pod::mount("tls", layout.tls_dir(), true),
-            pod::mount("queue", layout.queue_dir(), false),
+            // The volume holds the queue directory rather than being it: the kubelet keeps the
+            // volume root group-owned by the fsGroup, while Postfix sets the ownership and modes
+            // it insists on for its queue directories below it.
+            pod::mount("queue", queue_volume_root(&layout), false),
             pod::mount("run", layout.run_dir(), false),
-            pod::mount("postfix-data", "/var/lib/postfix", false),
             pod::mount("tmp", "/tmp", false),
         ]),
         ..Container::default()
@@ -98,12 +108,11 @@ pub fn build(
         name: "milter",
         port: layout.ports.milter,
     };
-    let metrics = service::mta_metrics_port(&layout.ports);
+    let metrics = service::rspamd_metrics_port(&layout.ports);
     let rspamd = Container {
         name: RSPAMD_CONTAINER.into(),
         image: Some(image.into()),
-        command: Some(entry(RSPAMD_ENTRYPOINT)),
-        env: Some(pod::pod_env()),
+        command: Some(entry(scripts::RSPAMD_ENTRYPOINT)),
         ports: Some(pod::container_ports(&[milter, metrics])),
         resources: Some(pod::resources(None, RSPAMD_RESOURCES)),
         // Rspamd listens above 1024 and needs no privilege at all.
@@ -116,9 +125,31 @@ pub fn build(
             pod::mount("config", &config_dir, true),
             pod::mount("dkim", layout.dkim_dir(), true),
             pod::mount("run", layout.run_dir(), false),
-            pod::mount("rspamd-data", "/var/lib/rspamd", false),
             pod::mount("rspamd-tmp", "/tmp", false),
         ]),
+        ..Container::default()
+    };
+
+    // Postfix queue sizes and ages for Prometheus, read from Postfix's `showq` socket on the
+    // queue volume (mounted read-only). It does not gate readiness: mail flows without it.
+    let exporter_port = service::postfix_metrics_port();
+    let showq = layout.queue_dir().join("public/showq");
+    let exporter = Container {
+        name: EXPORTER_CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(vec![
+            "prometheus-postfix-exporter".into(),
+            format!("--web.listen-address=:{}", exporter_port.port),
+            format!("--postfix.showq_path={}", showq.display()),
+            // Postfix logs to the container log, not a file: only the queue metrics count.
+            "--postfix.logfile_path=/dev/null".into(),
+        ]),
+        ports: Some(pod::container_ports(&[exporter_port])),
+        resources: Some(pod::resources(None, EXPORTER_RESOURCES)),
+        // As the postfix user, the owner of the queue's `public/` directory; no capability.
+        security_context: Some(pod::security_context(RunAs::User(ids::POSTFIX), &[])),
+        liveness_probe: Some(pod::tcp_probe(exporter_port.name, 30, 3)),
+        volume_mounts: Some(vec![pod::mount("queue", queue_volume_root(&layout), true)]),
         ..Container::default()
     };
 
@@ -127,10 +158,10 @@ pub fn build(
         pod::config_map_volume("maps", domain.names.maps()),
         pod::secret_volume("tls", tls_secret.to_string(), &[]),
         pod::secret_volume("dkim", domain.names.dkim(), &[]),
-        pod::empty_dir("run", "64Mi"),
-        pod::empty_dir("postfix-data", "64Mi"),
+        // Runtime state of both daemons (pid files, Postfix's TLS and postscreen caches,
+        // Rspamd's compiled rules): rebuilt after a restart.
+        pod::empty_dir("run", "256Mi"),
         pod::empty_dir("tmp", "256Mi"),
-        pod::empty_dir("rspamd-data", "512Mi"),
         // Rspamd spools messages it scans; room for a few at the size limit.
         pod::empty_dir("rspamd-tmp", "2Gi"),
     ];
@@ -149,7 +180,7 @@ pub fn build(
                 domain,
                 Component::Mta,
                 ids::RSPAMD,
-                vec![postfix, rspamd],
+                vec![postfix, rspamd, exporter],
                 volumes,
                 60,
             ),

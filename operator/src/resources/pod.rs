@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
-    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    SecretVolumeSource, SecurityContext, TCPSocketAction, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -197,26 +197,6 @@ impl DefaultResources {
     }
 }
 
-/// `POD_NAME` and `POD_NAMESPACE`, from which the entrypoints derive the pod's ordinal and
-/// its replication peer.
-pub fn pod_env() -> Vec<EnvVar> {
-    let field = |name: &str, path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
-    vec![
-        field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
-    ]
-}
-
 /// Container ports of `ports`, named like the Service ports that target them.
 pub fn container_ports(ports: &[NamedPort]) -> Vec<ContainerPort> {
     ports
@@ -271,6 +251,12 @@ pub fn secret_volume(volume: &str, secret: String, items: &[&str]) -> Volume {
     }
 }
 
+/// Mode of the users database files. Dovecot looks passwords up in its auth process, which
+/// runs as Dovecot's unprivileged internal user, not as root or the mail group, so the files
+/// are world-readable inside the Dovecot container (no other software runs there; login
+/// processes are chrooted away from them).
+pub const USERS_MODE: i32 = 0o444;
+
 /// The users database: all [`USER_SHARDS`] Secrets projected into one directory of
 /// `<hex>.passwd` files. A projected volume is refreshed in place by the kubelet, so a
 /// changed Mailbox reaches Dovecot without a restart.
@@ -278,7 +264,7 @@ pub fn users_volume(volume: &str, domain: &Domain) -> Volume {
     Volume {
         name: volume.into(),
         projected: Some(ProjectedVolumeSource {
-            default_mode: Some(SECRET_MODE),
+            default_mode: Some(USERS_MODE),
             sources: Some(
                 (0..USER_SHARDS)
                     .map(|i| VolumeProjection {
@@ -328,6 +314,20 @@ pub fn exec_probe(command: &[&str], period: i32, failure_threshold: i32) -> Prob
     Probe {
         exec: Some(ExecAction {
             command: Some(command.iter().map(|s| s.to_string()).collect()),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// A probe connecting to the named `port`.
+pub fn tcp_probe(port: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(port.into()),
+            ..TCPSocketAction::default()
         }),
         period_seconds: Some(period),
         timeout_seconds: Some(5),
