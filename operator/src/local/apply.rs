@@ -187,9 +187,21 @@ pub fn apply(
     }
     Ok(Applied {
         trust_bundle,
-        dns_zone: crate::render::domain_zone(md, &state),
+        dns_zone: dns_zone(md, &state),
         changed,
     })
+}
+
+/// The records to publish, with the DKIM keys in use (kept in DIR, reused by later runs).
+fn dns_zone(md: &MailDomain, state: &OfflineState) -> String {
+    let records = crate::dns::records(md, &state.dkim.published());
+    format!(
+        ";; MailDomain {}/{}: records to publish for {}, with the DKIM keys `postwarden local` signs with\n{}",
+        md.namespace().unwrap_or_default(),
+        md.name_any(),
+        md.spec.domain,
+        crate::dns::zone_file(&records)
+    )
 }
 
 fn text_payload(files: &BTreeMap<String, String>) -> Payload {
@@ -227,17 +239,30 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*group).gr_gid })
 }
 
-/// The Mailboxes of `md` with their passwords read from their Secrets and hashed.
+/// The Mailboxes of `md` with their passwords read from their Secrets and hashed. Mailboxes
+/// losing an address conflict are left out, as the operator leaves them out, with a warning.
 fn resolve_mailboxes(
     inputs: &Inputs,
     md: &MailDomain,
-    salt_key: &[u8],
+    hash_key: &[u8],
 ) -> anyhow::Result<Vec<ResolvedMailbox>> {
     let namespace = md.namespace();
     let domain = md.spec.domain.to_ascii_lowercase();
+    let own: Vec<&crate::api::Mailbox> = inputs
+        .mailboxes
+        .iter()
+        .filter(|mb| mb.spec.domain_ref.name == md.name_any() && mb.namespace() == namespace)
+        .collect();
+    let excluded = crate::plan::addresses::conflicts(&domain, &own);
     let mut out = Vec::new();
-    for mb in &inputs.mailboxes {
-        if mb.spec.domain_ref.name != md.name_any() || mb.namespace() != namespace {
+    for mb in own {
+        if let Some(exclusion) = excluded.get(&mb.name_any()) {
+            eprintln!(
+                "warning: Mailbox {} left out ({}): {}",
+                mb.name_any(),
+                exclusion.reason.as_str(),
+                exclusion.message
+            );
             continue;
         }
         let what = || format!("Mailbox {}", mb.name_any());
@@ -267,7 +292,7 @@ fn resolve_mailboxes(
             })?;
         let local_part = mb.spec.normalized_local_part();
         let address = format!("{local_part}@{domain}");
-        let password_hash = userdb::hash_password(&password, salt_key, &address)
+        let password_hash = userdb::hash_password(&password, hash_key, &address)
             .with_context(|| format!("{}: password", what()))?;
         let quota_bytes = match &mb.spec.quota {
             Some(q) => Some(
@@ -287,4 +312,137 @@ fn resolve_mailboxes(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+apiVersion: postwarden.dev/v1alpha1
+kind: MailDomain
+metadata: {name: lab, namespace: mail}
+spec: {domain: lab.example, imap: {replicas: 2}}
+---
+apiVersion: postwarden.dev/v1alpha1
+kind: Mailbox
+metadata: {name: alice, namespace: mail}
+spec: {domainRef: {name: lab}, localPart: alice, passwordSecretRef: {name: alice}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: alice, namespace: mail}
+stringData: {password: first-password}
+"#;
+
+    fn inputs(text: &str) -> Inputs {
+        let mut inputs = Inputs::default();
+        crate::manifest::load_str(std::path::Path::new("test.yaml"), text, &mut inputs).unwrap();
+        inputs
+    }
+
+    fn changed_dirs(applied: &Applied, layout: &Layout) -> Vec<String> {
+        let root = layout.root.display().to_string();
+        applied
+            .changed
+            .iter()
+            .map(|d| d.trim_start_matches(&root).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn applies_like_the_operator_and_only_rewrites_what_changed() {
+        let dir = std::env::temp_dir().join(format!(
+            "postwarden-apply-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        ));
+        let layout = Layout::local(&dir, 20_000, 2);
+        let store = Store::new(&dir, Some("mail".into()));
+        let now = Timestamp::now();
+        let first = inputs(FILE);
+        let md = the_domain(&first).unwrap();
+
+        let applied = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        assert_eq!(applied.changed.len(), 6, "every volume written");
+        for file in [
+            "main.cf",
+            "dovecot-1.conf",
+            "rspamd.conf",
+            "mta-entrypoint.sh",
+        ] {
+            assert!(layout.config_dir().join(file).is_file(), "{file}");
+        }
+        let shards = std::fs::read_dir(layout.users_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".passwd")
+            })
+            .count();
+        assert_eq!(shards, USER_SHARDS);
+        let address = "alice@lab.example";
+        let shard = std::fs::read_to_string(
+            layout
+                .users_dir()
+                .join(userdb::shard_file_name(userdb::shard_of(address))),
+        )
+        .unwrap();
+        assert!(
+            shard.starts_with("alice@lab.example:{SHA512-CRYPT}$6$"),
+            "{shard}"
+        );
+        assert!(!shard.contains("first-password"));
+        assert!(applied.trust_bundle.contains("BEGIN CERTIFICATE"));
+        assert!(applied.dns_zone.contains("._domainkey.lab.example."));
+
+        // The same input again: keys and hashes are kept, nothing is rewritten.
+        let again = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        assert!(again.changed.is_empty(), "{:?}", again.changed);
+        assert_eq!(again.dns_zone, applied.dns_zone);
+
+        // A new password touches the users database only.
+        let second = inputs(&FILE.replace("first-password", "second-password"));
+        let md2 = the_domain(&second).unwrap();
+        let changed = apply(&second, md2, &layout, &store, Options::default(), now).unwrap();
+        assert_eq!(changed_dirs(&changed, &layout), ["/etc/postwarden/users"]);
+
+        // A rotated certificate touches the TLS Secret only, from the same CA.
+        let tls_before = std::fs::read_to_string(layout.tls_dir().join("tls.crt")).unwrap();
+        let rotate = Options {
+            rotate_certificate: true,
+        };
+        let rotated = apply(&second, md2, &layout, &store, rotate, now).unwrap();
+        assert_eq!(changed_dirs(&rotated, &layout), ["/etc/postwarden/tls"]);
+        let tls_after = std::fs::read_to_string(layout.tls_dir().join("tls.crt")).unwrap();
+        assert_ne!(tls_before, tls_after);
+        assert_eq!(rotated.trust_bundle, applied.trust_bundle);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_password_secret_is_named() {
+        let text = FILE.replace(
+            "metadata: {name: alice, namespace: mail}\nstringData",
+            "metadata: {name: other, namespace: mail}\nstringData",
+        );
+        let inputs = inputs(&text);
+        let md = the_domain(&inputs).unwrap();
+        let err = resolve_mailboxes(&inputs, md, b"key")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "Mailbox alice: password Secret alice is not in the input"
+        );
+    }
+
+    #[test]
+    fn exactly_one_domain_is_required() {
+        let none = the_domain(&Inputs::default()).unwrap_err().to_string();
+        assert!(none.contains("no MailDomain"), "{none}");
+    }
 }

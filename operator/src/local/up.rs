@@ -164,6 +164,12 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
     let dir = absolute(&options.dir)?;
     let layout = Layout::local(&dir, options.port_base, replicas);
     preflight::find_programs(PROGRAMS)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "`local up` needs root, like the packaged mail services: Postfix and Dovecot start as root and drop privileges themselves (run it with sudo)"
+        );
+    }
     preflight::check_ports_free(&listening_ports(&layout))?;
     prepare_dir(&dir)?;
 
