@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=0
-for bin in postfix dovecot rspamd openssl restic; do
+for bin in postfix dovecot rspamd openssl restic ip unshare; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/bin/$bin" ] || missing=1
 done
 if [ "$missing" = 1 ]; then
@@ -16,7 +16,7 @@ if [ "$missing" = 1 ]; then
     | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates >/dev/null
+    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates iproute2 util-linux >/dev/null
 fi
 
 if [ -f e2e/requirements.txt ]; then

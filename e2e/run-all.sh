@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
 
+# The mail path: the rendered configuration in real Postfix, Dovecot and Rspamd (`local up`).
+e2e/mailpath/run.sh
+
 # Kubernetes API tier: the emulator's own tests, then the operator binary against it
 # (or against the cluster KUBECONFIG points at). The suite runs target/debug/postwarden.
 cargo build --locked

@@ -142,6 +142,42 @@ fn dovecot_accepts_every_instance_configuration() {
 }
 
 #[test]
+fn every_option_variant_passes_the_daemons_checks() {
+    use crate::api::maildomain::RegionRole;
+    let dir = tempfile::Builder::new()
+        .prefix("postwarden-config-")
+        .tempdir()
+        .expect("tempdir");
+    let mut md = quickstart();
+    md.spec.alias_domains = vec!["example.org".into()];
+    md.spec.mta.proxy_protocol = true;
+    md.spec.imap.proxy_protocol = true;
+    md.spec.imap.replicas = 1;
+    md.spec.spam.enabled = false;
+    md.spec.region.role = RegionRole::Secondary;
+    md.spec.region.peer_hostname = Some("mx1.example.com".into());
+    let layout = Layout::local(dir.path(), free_port_base(1), 1);
+    write_tree(&md, &layout, &quickstart_mailboxes());
+    fs::create_dir_all(layout.queue_dir()).unwrap();
+    fs::create_dir_all(layout.postfix_data_dir()).unwrap();
+    let config = layout.config_dir();
+    run_ok(Command::new("postfix").arg("-c").arg(&config).arg("check"));
+    for flag in ["-n", "-M"] {
+        let out = run_ok(Command::new("postconf").arg("-c").arg(&config).arg(flag));
+        assert!(!out.contains("warning"), "{out}");
+    }
+    let conf = config.join(dovecot::instance_file_name(0));
+    let out = run_ok(Command::new("doveconf").arg("-c").arg(&conf).arg("-n"));
+    assert!(out.contains("haproxy = yes"), "{out}");
+    run_ok(
+        Command::new("rspamadm")
+            .arg("configtest")
+            .arg("-c")
+            .arg(config.join(rspamd::RSPAMD_CONF)),
+    );
+}
+
+#[test]
 fn rspamd_accepts_the_rendered_configuration() {
     let (_dir, _md, layout) = local_tree(1);
     let conf = layout.config_dir().join(rspamd::RSPAMD_CONF);
@@ -329,4 +365,47 @@ fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_change
     eventually(10, "Dovecot stopped", || {
         std::net::TcpStream::connect(("127.0.0.1", ports.lmtp)).is_err()
     });
+}
+
+#[test]
+fn two_dovecot_instances_replicate_over_tls() {
+    let (_guard, _md, layout) = local_tree(2);
+    let config = layout.config_dir();
+    let started = std::time::Instant::now();
+    let entries: Vec<Entrypoint> = (0..2)
+        .map(|i| {
+            let log = layout.root.join(format!("imap-{i}.log"));
+            let entry = Entrypoint::start(
+                &config.join(scripts::IMAP_ENTRYPOINT),
+                &[("POSTWARDEN_ORDINAL", &i.to_string())],
+                &log,
+            );
+            wait_for_port(layout.imap_instance(i).ports.lmtp, "Dovecot LMTP", &log);
+            entry
+        })
+        .collect();
+    let replies = lmtp_deliver(
+        layout.imap_instance(0).ports.lmtp,
+        "bob@example.com",
+        "replicated",
+    );
+    assert!(replies.contains("250 2.0.0 <bob@example.com>"), "{replies}");
+    let delivered = std::time::Instant::now();
+    let new_dir = layout
+        .imap_instance(1)
+        .mail_dir
+        .join("example.com/bob/Maildir/new");
+    eventually(20, "the message reaches instance 1", || {
+        fs::read_dir(&new_dir).is_ok_and(|d| d.count() == 1)
+    });
+    eprintln!(
+        "replication: instances up in {:?}, message on the peer {:?} after delivery",
+        delivered - started,
+        delivered.elapsed()
+    );
+    let log = fs::read_to_string(layout.log_file("dovecot-1").unwrap()).unwrap();
+    assert!(!log.contains("SSL handshake failed"), "{log}");
+    for entry in entries {
+        assert!(entry.stop().success());
+    }
 }

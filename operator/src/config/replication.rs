@@ -1,9 +1,9 @@
 //! Everything that keeps the two Dovecot replicas of a domain in sync, in one place.
 //!
 //! Today this is Dovecot 2.3's replicator: the notify and replication plugins report every
-//! change to the local replicator, which runs dsync against the peer's doveadm server
-//! (`mail_replica = tcp:<peer>:<doveadm port>`); saves wait up to two seconds for the peer so an
-//! accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
+//! change to the local replicator, which runs dsync against the peer's doveadm server over
+//! TLS (`mail_replica = tcps:<peer>:<doveadm port>`); saves wait up to two seconds for the
+//! peer, so an accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
 //! outside this module knows how replication works: replacing it with an agent that runs
 //! `doveadm sync` means changing only these functions.
 
@@ -64,7 +64,8 @@ service replicator {
 pub fn dovecot_instance(_layout: &Layout, inst: &ImapInstance) -> String {
     match &inst.peer {
         Some((host, port)) => {
-            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = tcp:{host}:{port}\n}}\n")
+            let endpoint = super::dovecot::doveadm_endpoint(host, *port);
+            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = {endpoint}\n}}\n")
         }
         None => String::new(),
     }

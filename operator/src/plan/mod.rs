@@ -140,12 +140,23 @@ pub fn address(mailbox: &Mailbox, domain: &str) -> String {
     )
 }
 
-/// Why [`desired`] could not build the children (stored state the builders cannot use).
+/// Most bytes of data (keys and values) the API server accepts in one ConfigMap or Secret.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// Why [`desired`] could not build the children.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// A DKIM key of the state cannot be written in the signer's form.
     #[error("DKIM keys: {0}")]
     Dkim(#[from] crate::dkim::DkimError),
+    /// A ConfigMap or Secret would be refused by the API server for its size (said here, by
+    /// name, rather than as an opaque API error on apply).
+    #[error("{kind} {name} would hold {bytes} bytes of data, more than the {MAX_DATA_BYTES} Kubernetes accepts")]
+    TooLarge {
+        kind: &'static str,
+        name: String,
+        bytes: usize,
+    },
 }
 
 /// Every child of the MailDomain, and the fate of each of its Mailboxes.
@@ -215,10 +226,13 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
         Vec::new()
     };
 
+    let config_maps = vec![mta_config, imap_config, maps];
+    check_sizes(&config_maps, &secrets)?;
+
     Ok(Children {
         service_account: Some(service_account::build(&domain)),
         secrets,
-        config_maps: vec![mta_config, imap_config, maps],
+        config_maps,
         certificates,
         services: vec![
             service::build_mta_headless(&domain),
@@ -235,12 +249,53 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
             mta::build(&domain, &inputs.images.mta, mta_checksum, &tls_secret),
             imap::build(&domain, &inputs.images.imap, imap_checksum, &tls_secret),
         ],
-        // The backup CronJob of `spec.backup` (issue 6) is built by
-        // `resources::backup::build_cronjob` and joins here.
-        cron_jobs: Vec::new(),
+        cron_jobs: crate::resources::backup::build_cronjob(
+            md,
+            inputs.namespace,
+            &inputs.images.imap,
+        )
+        .into_iter()
+        .collect(),
         dns_endpoints,
         mailboxes,
     })
+}
+
+/// Refuses any ConfigMap or Secret over [`MAX_DATA_BYTES`].
+fn check_sizes(
+    config_maps: &[k8s_openapi::api::core::v1::ConfigMap],
+    secrets: &[k8s_openapi::api::core::v1::Secret],
+) -> Result<(), PlanError> {
+    let too_large = |kind, meta: &kube::api::ObjectMeta, bytes: usize| {
+        (bytes > MAX_DATA_BYTES).then(|| PlanError::TooLarge {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+            bytes,
+        })
+    };
+    for cm in config_maps {
+        let bytes = cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if let Some(e) = too_large("ConfigMap", &cm.metadata, bytes) {
+            return Err(e);
+        }
+    }
+    for s in secrets {
+        let bytes = s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.0.len())
+            .sum();
+        if let Some(e) = too_large("Secret", &s.metadata, bytes) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of every Mailbox, in input order: address conflicts first (they do not depend

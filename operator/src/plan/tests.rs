@@ -434,6 +434,12 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
             imap::DOVECOT_CAPABILITIES,
             Some(0),
         ),
+        (
+            &c.stateful_sets[0],
+            "postfix-exporter",
+            &[][..],
+            Some(crate::resources::ids::POSTFIX),
+        ),
     ];
     for (sts, name, caps, user) in expect {
         let sc = container(sts, name).security_context.as_ref().unwrap();
@@ -479,7 +485,14 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
                 "{}",
                 ctr.name
             );
-            assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+            assert!(ctr.liveness_probe.is_some(), "{}", ctr.name);
+            // Every daemon gates readiness; the metrics exporter does not.
+            assert_eq!(
+                ctr.readiness_probe.is_some(),
+                ctr.name != mta::EXPORTER_CONTAINER,
+                "{}",
+                ctr.name
+            );
         }
     }
     assert_eq!(
@@ -518,6 +531,9 @@ fn mounts_follow_the_layout_and_refresh_in_place() {
     let rspamd = mounts(&c.stateful_sets[0], "rspamd");
     assert_eq!(rspamd["dkim"], (path(layout.dkim_dir()), true));
     assert!(!rspamd.contains_key("tls") && !rspamd.contains_key("maps"));
+    let exporter = mounts(&c.stateful_sets[0], "postfix-exporter");
+    assert_eq!(exporter.len(), 1);
+    assert_eq!(exporter["queue"], ("/var/spool".to_string(), true));
     let dovecot = mounts(&c.stateful_sets[1], "dovecot");
     assert_eq!(dovecot["users"], (path(layout.users_dir()), true));
     assert_eq!(dovecot["secrets"], (path(layout.secrets_dir()), true));
@@ -811,4 +827,51 @@ fn spec_drives_replicas_images_placement_and_resources() {
         pdb.spec.as_ref().unwrap().max_unavailable,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
+}
+
+/// `n` Mailboxes `user<i>` with a ready hash, each forwarding a copy elsewhere.
+fn many_mailboxes(fx: &Fixture, n: usize) -> Vec<Mailbox> {
+    let template = &fx.inputs.mailboxes[1];
+    (0..n)
+        .map(|i| {
+            let mut m = template.clone();
+            m.metadata.name = Some(format!("user{i}"));
+            m.spec.local_part = format!("user{i}");
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn objects_over_the_api_size_limit_are_refused_by_name() {
+    const HASH: &str = "{SHA512-CRYPT}$6$abcdefghijklmnop$ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk";
+    let fx = Fixture::quickstart();
+    for (n, fits) in [(1_000, true), (12_000, false)] {
+        let boxes = many_mailboxes(&fx, n);
+        let mut inputs = fx.domain_inputs();
+        inputs.mailboxes = boxes
+            .iter()
+            .map(|mb| MailboxInput {
+                mailbox: mb,
+                resolved: resolve_mailbox(mb, "example.com", Some(HASH), TEST_HASH_KEY),
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let result = desired(&inputs);
+        println!("desired() with {n} mailboxes: {:?}", t.elapsed());
+        match result {
+            Ok(c) => {
+                assert!(fits, "{n} mailboxes fit");
+                assert_eq!(c.mailboxes.len(), n);
+            }
+            Err(e) => {
+                assert!(!fits, "{n}: {e}");
+                let PlanError::TooLarge { kind, name, bytes } = e else {
+                    panic!("{e}")
+                };
+                assert_eq!((kind, name.as_str()), ("ConfigMap", "example-com-maps"));
+                assert!(bytes > MAX_DATA_BYTES);
+            }
+        }
+    }
 }

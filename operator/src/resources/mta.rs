@@ -14,6 +14,7 @@ use crate::names::Component;
 
 pub const POSTFIX_CONTAINER: &str = "postfix";
 pub const RSPAMD_CONTAINER: &str = "rspamd";
+pub const EXPORTER_CONTAINER: &str = "postfix-exporter";
 
 /// The capabilities of the Postfix container (see [`caps`] for why each is needed). Postfix
 /// runs without chroot, so SYS_CHROOT stays dropped.
@@ -31,6 +32,11 @@ const POSTFIX_RESOURCES: DefaultResources = DefaultResources {
     cpu_request: "100m",
     memory_request: "128Mi",
     memory_limit: "512Mi",
+};
+const EXPORTER_RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "10m",
+    memory_request: "32Mi",
+    memory_limit: "128Mi",
 };
 const RSPAMD_RESOURCES: DefaultResources = DefaultResources {
     cpu_request: "100m",
@@ -102,7 +108,7 @@ pub fn build(
         name: "milter",
         port: layout.ports.milter,
     };
-    let metrics = service::mta_metrics_port(&layout.ports);
+    let metrics = service::rspamd_metrics_port(&layout.ports);
     let rspamd = Container {
         name: RSPAMD_CONTAINER.into(),
         image: Some(image.into()),
@@ -121,6 +127,29 @@ pub fn build(
             pod::mount("run", layout.run_dir(), false),
             pod::mount("rspamd-tmp", "/tmp", false),
         ]),
+        ..Container::default()
+    };
+
+    // Postfix queue sizes and ages for Prometheus, read from Postfix's `showq` socket on the
+    // queue volume (mounted read-only). It does not gate readiness: mail flows without it.
+    let exporter_port = service::postfix_metrics_port();
+    let showq = layout.queue_dir().join("public/showq");
+    let exporter = Container {
+        name: EXPORTER_CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(vec![
+            "prometheus-postfix-exporter".into(),
+            format!("--web.listen-address=:{}", exporter_port.port),
+            format!("--postfix.showq_path={}", showq.display()),
+            // Postfix logs to the container log, not a file: only the queue metrics count.
+            "--postfix.logfile_path=/dev/null".into(),
+        ]),
+        ports: Some(pod::container_ports(&[exporter_port])),
+        resources: Some(pod::resources(None, EXPORTER_RESOURCES)),
+        // As the postfix user, the owner of the queue's `public/` directory; no capability.
+        security_context: Some(pod::security_context(RunAs::User(ids::POSTFIX), &[])),
+        liveness_probe: Some(pod::tcp_probe(exporter_port.name, 30, 3)),
+        volume_mounts: Some(vec![pod::mount("queue", queue_volume_root(&layout), true)]),
         ..Container::default()
     };
 
@@ -151,7 +180,7 @@ pub fn build(
                 domain,
                 Component::Mta,
                 ids::RSPAMD,
-                vec![postfix, rspamd],
+                vec![postfix, rspamd, exporter],
                 volumes,
                 60,
             ),

@@ -18,8 +18,9 @@ use crate::names::Component;
 /// (label the Prometheus pods with it).
 pub const METRICS_SCRAPER_LABEL: &str = "postwarden.dev/metrics-scraper";
 
-/// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; Rspamd's metrics from this
-/// domain's pods and metrics scrapers; the milter port is pod-local and gets no rule.
+/// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; the queue exporter's and
+/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter port is
+/// pod-local and gets no rule.
 pub fn build_mta(domain: &Domain) -> NetworkPolicy {
     let ports = domain.layout().ports;
     policy(
@@ -28,7 +29,7 @@ pub fn build_mta(domain: &Domain) -> NetworkPolicy {
         Component::Mta,
         vec![
             open(&service::smtp_ports(&ports)),
-            from(metrics_peers(domain), &[service::mta_metrics_port(&ports)]),
+            from(metrics_peers(domain), &service::mta_metrics_ports(&ports)),
         ],
     )
 }

@@ -47,11 +47,27 @@ pub fn smtp_ports(p: &Ports) -> [NamedPort; 3] {
 }
 
 /// Rspamd's controller: `/metrics` for Prometheus and `/ping` for the probes.
-pub fn mta_metrics_port(p: &Ports) -> NamedPort {
+pub fn rspamd_metrics_port(p: &Ports) -> NamedPort {
     NamedPort {
-        name: "metrics",
+        name: "rspamd-metrics",
         port: p.rspamd_controller,
     }
+}
+
+/// Port of the Postfix queue exporter sidecar (images/README.md).
+pub const POSTFIX_EXPORTER_PORT: u16 = 9154;
+
+/// The Postfix queue exporter's `/metrics`.
+pub fn postfix_metrics_port() -> NamedPort {
+    NamedPort {
+        name: "postfix-metrics",
+        port: POSTFIX_EXPORTER_PORT,
+    }
+}
+
+/// The MTA pods' metrics ports. Their names are what the chart's PodMonitor scrapes.
+pub fn mta_metrics_ports(p: &Ports) -> [NamedPort; 2] {
+    [postfix_metrics_port(), rspamd_metrics_port(p)]
 }
 
 /// Dovecot's public ports: IMAP with STARTTLS and IMAPS.
@@ -90,7 +106,7 @@ pub fn imap_internal_ports(p: &Ports) -> [NamedPort; 3] {
 /// Dovecot's OpenMetrics exporter.
 pub fn imap_metrics_port(p: &Ports) -> NamedPort {
     NamedPort {
-        name: "metrics",
+        name: "dovecot-metrics",
         port: p.dovecot_metrics,
     }
 }
@@ -124,15 +140,17 @@ pub fn build_imap(domain: &Domain) -> Service {
 }
 
 /// Headless Service `<md>-mta-hl` governing the MTA StatefulSet (stable pod DNS names) and
-/// carrying its metrics port for scraping.
+/// carrying its metrics ports for scraping.
 pub fn build_mta_headless(domain: &Domain) -> Service {
     let ports = domain.layout().ports;
+    let mut named = vec![smtp_ports(&ports)[0]];
+    named.extend(mta_metrics_ports(&ports));
     headless(
         domain,
         domain.names.mta_headless(),
         Component::Mta,
         false,
-        &[smtp_ports(&ports)[0], mta_metrics_port(&ports)],
+        &named,
     )
 }
 
