@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{quantity, MailDomain};
+use crate::api::MailDomain;
 use crate::config::{self, Layout, USER_SHARDS};
 use crate::manifest::Inputs;
 use crate::names::DomainNames;
@@ -42,6 +42,9 @@ pub struct Applied {
     pub dns_zone: String,
     /// Volumes (by mount directory) whose content changed.
     pub changed: Vec<String>,
+    /// Mailboxes and aliases left out of the users database, and why (the operator's
+    /// conditions say the same).
+    pub warnings: Vec<String>,
 }
 
 /// The single MailDomain of `inputs`, with its Mailboxes.
@@ -110,20 +113,15 @@ pub fn apply(
     };
 
     let internal = internal_secrets(store, &names)?;
-    let mailboxes = resolve_mailboxes(inputs, md, internal.hash_key.as_bytes())?;
+    let (mailboxes, warnings) = resolve_mailboxes(inputs, md, &internal.hash_key);
     let users = userdb::build(&md.spec, &mailboxes);
 
-    let mut config_files = BTreeMap::new();
-    for files in [
-        config::postfix::render(md, layout),
-        config::rspamd::render(md, layout),
-        config::dovecot::render(md, layout),
-        config::scripts::render(md, layout),
-    ] {
-        for (name, content) in files {
-            if config_files.insert(name.clone(), content).is_some() {
-                anyhow::bail!("two renderers produce the configuration file {name}");
-            }
+    // The MTA and the IMAP pods each mount their own ConfigMap at the config directory; on one
+    // host that directory holds both.
+    let mut config_files = config::mta_files(md, layout);
+    for (name, content) in config::imap_files(md, layout) {
+        if config_files.insert(name.clone(), content).is_some() {
+            anyhow::bail!("the MTA and IMAP ConfigMaps both have a file {name}");
         }
     }
 
@@ -189,6 +187,7 @@ pub fn apply(
         trust_bundle,
         dns_zone: dns_zone(md, &state),
         changed,
+        warnings,
     })
 }
 
@@ -239,13 +238,14 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*group).gr_gid })
 }
 
-/// The Mailboxes of `md` with their passwords read from their Secrets and hashed. Mailboxes
-/// losing an address conflict are left out, as the operator leaves them out, with a warning.
+/// The users-database entries of `md`'s Mailboxes, decided as the operator's plan decides
+/// them: address conflicts settled by [`crate::plan::addresses::settle`], passwords hashed by
+/// [`crate::plan::resolve_mailbox`]. Mailboxes and aliases left out come back as warnings.
 fn resolve_mailboxes(
     inputs: &Inputs,
     md: &MailDomain,
-    hash_key: &[u8],
-) -> anyhow::Result<Vec<ResolvedMailbox>> {
+    hash_key: &str,
+) -> (Vec<ResolvedMailbox>, Vec<String>) {
     let namespace = md.namespace();
     let domain = md.spec.domain.to_ascii_lowercase();
     let own: Vec<&crate::api::Mailbox> = inputs
@@ -253,65 +253,43 @@ fn resolve_mailboxes(
         .iter()
         .filter(|mb| mb.spec.domain_ref.name == md.name_any() && mb.namespace() == namespace)
         .collect();
-    let excluded = crate::plan::addresses::conflicts(&domain, &own);
-    let mut out = Vec::new();
+    let mut settlement = crate::plan::addresses::settle(&domain, &own);
+    let mut resolved = Vec::new();
+    let mut warnings = Vec::new();
     for mb in own {
-        if let Some(exclusion) = excluded.get(&mb.name_any()) {
-            eprintln!(
-                "warning: Mailbox {} left out ({}): {}",
-                mb.name_any(),
-                exclusion.reason.as_str(),
-                exclusion.message
-            );
-            continue;
-        }
-        let what = || format!("Mailbox {}", mb.name_any());
+        let name = mb.name_any();
         let secret_ref = &mb.spec.password_secret_ref;
-        let secret = inputs
+        let password = inputs
             .secrets
             .iter()
             .find(|s| {
                 s.metadata.name.as_deref() == Some(&secret_ref.name) && s.namespace() == namespace
             })
-            .with_context(|| {
-                format!(
-                    "{}: password Secret {} is not in the input",
-                    what(),
-                    secret_ref.name
-                )
-            })?;
-        let password = crate::pki::secret_text(secret)
-            .remove(&secret_ref.key)
-            .with_context(|| {
-                format!(
-                    "{}: Secret {} has no key {}",
-                    what(),
-                    secret_ref.name,
-                    secret_ref.key
-                )
-            })?;
-        let local_part = mb.spec.normalized_local_part();
-        let address = format!("{local_part}@{domain}");
-        let password_hash = userdb::hash_password(&password, hash_key, &address)
-            .with_context(|| format!("{}: password", what()))?;
-        let quota_bytes = match &mb.spec.quota {
-            Some(q) => Some(
-                quantity::to_bytes(q)
-                    .with_context(|| format!("{}: quota {:?} is not a quantity", what(), q.0))?,
-            ),
-            None => None,
+            .and_then(|s| crate::pki::secret_text(s).remove(&secret_ref.key));
+        let outcome = match settlement.excluded.remove(&name) {
+            Some(exclusion) => Err(exclusion),
+            None => crate::plan::resolve_mailbox(mb, &domain, password.as_deref(), hash_key),
         };
-        out.push(ResolvedMailbox {
-            local_part,
-            password_hash,
-            aliases: mb.spec.aliases.clone(),
-            forward_to: mb.spec.forward_to.clone(),
-            keep_copy: mb.spec.keep_copy,
-            quota_bytes,
-            suspended: mb.spec.suspended,
-        });
+        match outcome {
+            Ok(mut entry) => {
+                for (alias, why) in settlement.dropped_aliases.remove(&name).unwrap_or_default() {
+                    warnings.push(format!(
+                        "Mailbox {name}: alias {alias} left out ({}): {}",
+                        why.reason.as_str(),
+                        why.message
+                    ));
+                    entry.aliases.retain(|a| *a != alias);
+                }
+                resolved.push(entry);
+            }
+            Err(exclusion) => warnings.push(format!(
+                "Mailbox {name} left out ({}): {}",
+                exclusion.reason.as_str(),
+                exclusion.message
+            )),
+        }
     }
-    Ok(out)
+    (resolved, warnings)
 }
 
 #[cfg(test)]
@@ -424,19 +402,35 @@ stringData: {password: first-password}
     }
 
     #[test]
-    fn a_missing_password_secret_is_named() {
+    fn mailboxes_left_out_are_named_as_the_operator_would() {
         let text = FILE.replace(
             "metadata: {name: alice, namespace: mail}\nstringData",
             "metadata: {name: other, namespace: mail}\nstringData",
-        );
+        ) + r#"
+---
+apiVersion: postwarden.dev/v1alpha1
+kind: Mailbox
+metadata: {name: bob, namespace: mail}
+spec: {domainRef: {name: lab}, localPart: bob, aliases: [alice], passwordSecretRef: {name: other}}
+"#;
         let inputs = inputs(&text);
         let md = the_domain(&inputs).unwrap();
-        let err = resolve_mailboxes(&inputs, md, b"key")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "Mailbox alice: password Secret alice is not in the input"
+        let (resolved, warnings) = resolve_mailboxes(&inputs, md, "key");
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].local_part, "bob");
+        assert!(
+            resolved[0].aliases.is_empty(),
+            "alice is a local part, not bob's alias"
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        let has = |prefix: &str| warnings.iter().any(|w| w.starts_with(prefix));
+        assert!(
+            has("Mailbox alice left out (PasswordSecretMissing)"),
+            "{warnings:?}"
+        );
+        assert!(
+            has("Mailbox bob: alias alice left out (AddressConflict)"),
+            "{warnings:?}"
         );
     }
 

@@ -138,6 +138,7 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
         jiff::Timestamp::now(),
     )?;
     publish(&dir, &applied)?;
+    warn(&applied);
     if file != settings.file {
         // Later reloads read the file given last.
         let settings = Settings { file, ..settings };
@@ -182,6 +183,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         apply::Options::default(),
         jiff::Timestamp::now(),
     )?;
+    warn(&applied);
     let settings = Settings {
         file: absolute(&options.file)?,
         port_base: options.port_base,
@@ -361,6 +363,12 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });
     specs
+}
+
+fn warn(applied: &Applied) {
+    for warning in &applied.warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// DIR/ca.crt and DIR/dns.txt.
