@@ -558,6 +558,7 @@ pub fn build(
                         Event::Delete(obj) => {
                             if let Some(key) = key_of(obj.meta()) {
                                 seen.remove(&key);
+                                metrics.forget_domain(&key.0, &key.1);
                                 refresh_mailboxes(&tx, &key.0, &key.1);
                             }
                         }
@@ -575,6 +576,7 @@ pub fn build(
                                 .collect();
                             for key in gone {
                                 seen.remove(&key);
+                                metrics.forget_domain(&key.0, &key.1);
                                 refresh_mailboxes(&tx, &key.0, &key.1);
                             }
                         }
