@@ -529,6 +529,21 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     assert len(ids) == len(set(ids))
 
 
+def test_chart_queries_only_metrics_the_operator_exports():
+    # charts/postwarden/metrics.txt is checked against the operator's registry by its unit test
+    # controller::metrics::tests::exported_names_are_the_ones_the_chart_may_query.
+    exported = {
+        line.strip()
+        for line in (render_chart.CHART / "metrics.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    sources = [render_chart.CHART / "templates" / "prometheusrule.yaml", TESTDATA / "alerts-test.yaml"]
+    sources += sorted((render_chart.CHART / "dashboards").glob("*.json"))
+    used = {name for path in sources for name in re.findall(r"\bpostwarden_[a-z0-9_]+", path.read_text())}
+    assert "postwarden_maildomain_condition" in used
+    assert used <= exported, f"not exported by the operator: {sorted(used - exported)}"
+
+
 def test_monitors_scrape_the_operator_and_every_mail_exporter():
     objs = objects(SCENARIOS["monitoring"])
     (sm,) = by_kind(objs, "ServiceMonitor")

@@ -568,6 +568,7 @@ pub fn build(
                         Event::Delete(obj) => {
                             if let Some(key) = key_of(obj.meta()) {
                                 seen.remove(&key);
+                                metrics.forget_domain(&key.0, &key.1);
                                 refresh_mailboxes(&tx, &key.0, &key.1);
                             }
                         }
@@ -585,6 +586,7 @@ pub fn build(
                                 .collect();
                             for key in gone {
                                 seen.remove(&key);
+                                metrics.forget_domain(&key.0, &key.1);
                                 refresh_mailboxes(&tx, &key.0, &key.1);
                             }
                         }

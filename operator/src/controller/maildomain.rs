@@ -445,6 +445,11 @@ async fn write_status(ctx: &Context, md: &MailDomain, obs: DomainObservation) ->
     let generation = md.metadata.generation.unwrap_or(0);
     let current = md.status.as_ref();
     let desired = status::domain_status(current, generation, obs, now);
+    ctx.metrics.set_domain(
+        md.namespace().as_deref().unwrap_or_default(),
+        &md.name_any(),
+        &desired,
+    );
     let Some(patch) = status::status_patch(current, &desired) else {
         return Ok(());
     };

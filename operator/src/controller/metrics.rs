@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::api::conditions;
+use crate::api::maildomain::MailDomainStatus;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -25,6 +28,13 @@ pub struct ErrorLabels {
 pub struct DomainLabels {
     pub namespace: String,
     pub maildomain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub namespace: String,
+    pub maildomain: String,
+    pub r#type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +60,9 @@ pub struct Metrics {
     pub backup_healthy: Family<DomainLabels, Gauge>,
     pub backup_last_success: Family<DomainLabels, Gauge>,
     pub backup_last_run_failed: Family<DomainLabels, Gauge>,
+    pub domain_condition: Family<ConditionLabels, Gauge>,
+    pub domain_mailboxes: Family<DomainLabels, Gauge>,
+    pub certificate_expiry: Family<DomainLabels, Gauge>,
     caches_synced: AtomicBool,
 }
 
@@ -121,6 +134,24 @@ impl Metrics {
             "1 when a MailDomain's newest finished backup run failed",
             backup_last_run_failed.clone(),
         );
+        let domain_condition = Family::<ConditionLabels, Gauge>::default();
+        let domain_mailboxes = Family::<DomainLabels, Gauge>::default();
+        let certificate_expiry = Family::<DomainLabels, Gauge>::default();
+        registry.register(
+            "maildomain_condition",
+            "1 while a MailDomain's condition of this type is True, 0 otherwise",
+            domain_condition.clone(),
+        );
+        registry.register(
+            "maildomain_mailboxes",
+            "Mailboxes of a MailDomain in its users database",
+            domain_mailboxes.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time at which a MailDomain's serving certificate expires",
+            certificate_expiry.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -133,6 +164,9 @@ impl Metrics {
             backup_healthy,
             backup_last_success,
             backup_last_run_failed,
+            domain_condition,
+            domain_mailboxes,
+            certificate_expiry,
             caches_synced: AtomicBool::new(false),
         }
     }
@@ -206,6 +240,35 @@ impl Metrics {
         self.backup_last_run_failed.remove(&labels);
     }
 
+    /// Publishes the status gauges of one MailDomain (conditions, mailboxes, certificate).
+    pub fn set_domain(&self, namespace: &str, maildomain: &str, status: &MailDomainStatus) {
+        let gauges = DomainGauges::of(status);
+        let labels = domain_labels(namespace, maildomain);
+        for type_ in conditions_to_drop(&gauges) {
+            self.domain_condition
+                .remove(&condition_labels(namespace, maildomain, type_));
+        }
+        for (type_, value) in &gauges.conditions {
+            self.domain_condition
+                .get_or_create(&condition_labels(namespace, maildomain, type_))
+                .set(*value);
+        }
+        set_or_remove(&self.domain_mailboxes, &labels, gauges.mailboxes);
+        set_or_remove(&self.certificate_expiry, &labels, gauges.certificate_expiry);
+    }
+
+    /// Drops every per-domain series of a deleted MailDomain.
+    pub fn forget_domain(&self, namespace: &str, maildomain: &str) {
+        let labels = domain_labels(namespace, maildomain);
+        for type_ in KNOWN_CONDITIONS {
+            self.domain_condition
+                .remove(&condition_labels(namespace, maildomain, type_));
+        }
+        self.domain_mailboxes.remove(&labels);
+        self.certificate_expiry.remove(&labels);
+        self.clear_backup(namespace, maildomain);
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
@@ -231,6 +294,78 @@ impl Metrics {
     }
 }
 
+/// The condition types a MailDomain status carries.
+const KNOWN_CONDITIONS: [&str; 6] = [
+    conditions::READY,
+    conditions::PROGRESSING,
+    conditions::DEGRADED,
+    conditions::CERTIFICATE_READY,
+    conditions::DKIM_READY,
+    conditions::BACKUP_HEALTHY,
+];
+
+/// The per-domain gauge values a MailDomain status stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DomainGauges {
+    /// Condition type → 1 when True, 0 when False or Unknown.
+    pub conditions: Vec<(String, i64)>,
+    pub mailboxes: Option<i64>,
+    /// The certificate's notAfter as Unix seconds; none while unknown or unparsable.
+    pub certificate_expiry: Option<i64>,
+}
+
+impl DomainGauges {
+    pub fn of(status: &MailDomainStatus) -> Self {
+        Self {
+            conditions: status
+                .conditions
+                .iter()
+                .map(|c| (c.type_.clone(), i64::from(c.status == "True")))
+                .collect(),
+            mailboxes: status.mailboxes.map(i64::from),
+            certificate_expiry: status
+                .certificate
+                .as_ref()
+                .and_then(|c| c.not_after.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|t| t.as_second()),
+        }
+    }
+}
+
+/// Known condition types the status no longer carries: their series go.
+fn conditions_to_drop(gauges: &DomainGauges) -> impl Iterator<Item = &'static str> + '_ {
+    KNOWN_CONDITIONS
+        .into_iter()
+        .filter(|k| !gauges.conditions.iter().any(|(t, _)| t == k))
+}
+
+fn domain_labels(namespace: &str, maildomain: &str) -> DomainLabels {
+    DomainLabels {
+        namespace: namespace.into(),
+        maildomain: maildomain.into(),
+    }
+}
+
+fn condition_labels(namespace: &str, maildomain: &str, type_: &str) -> ConditionLabels {
+    ConditionLabels {
+        namespace: namespace.into(),
+        maildomain: maildomain.into(),
+        r#type: type_.into(),
+    }
+}
+
+fn set_or_remove(family: &Family<DomainLabels, Gauge>, labels: &DomainLabels, value: Option<i64>) {
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
 /// Observes a reconcile's duration when dropped.
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
@@ -251,7 +386,13 @@ impl Drop for ReconcileTimer<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
     use super::*;
+    use crate::api::maildomain::CertificateStatus;
+    use crate::backup::observe::BackupMetrics;
 
     #[test]
     fn exposition_names_the_reconcile_metrics_by_kind() {
@@ -270,5 +411,121 @@ mod tests {
         assert!(text.contains("postwarden_reconcile_duration_seconds_count{kind=\"MailDomain\"} 1"));
         assert!(text.contains("postwarden_api_writes_total{kind=\"Secret\",verb=\"apply\"} 1"));
         assert!(text.contains("postwarden_leader 1"));
+    }
+
+    fn condition(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Test".into(),
+            message: String::new(),
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: Some(1),
+        }
+    }
+
+    fn status() -> MailDomainStatus {
+        MailDomainStatus {
+            conditions: vec![
+                condition(conditions::READY, "True"),
+                condition(conditions::DEGRADED, "Unknown"),
+                condition(conditions::BACKUP_HEALTHY, "False"),
+            ],
+            mailboxes: Some(3),
+            certificate: Some(CertificateStatus {
+                secret_name: "example-com-tls".into(),
+                not_after: Some("2030-01-02T03:04:05Z".into()),
+                renewal_time: None,
+            }),
+            ..MailDomainStatus::default()
+        }
+    }
+
+    #[test]
+    fn domain_gauges_follow_the_status() {
+        assert_eq!(
+            DomainGauges::of(&status()),
+            DomainGauges {
+                conditions: vec![
+                    ("Ready".into(), 1),
+                    ("Degraded".into(), 0),
+                    ("BackupHealthy".into(), 0),
+                ],
+                mailboxes: Some(3),
+                certificate_expiry: Some(1_893_553_445),
+            }
+        );
+        let mut unparsable = status();
+        unparsable.certificate.as_mut().unwrap().not_after = Some("soon".into());
+        assert_eq!(DomainGauges::of(&unparsable).certificate_expiry, None);
+        let empty = DomainGauges::of(&MailDomainStatus::default());
+        assert!(empty.conditions.is_empty());
+        assert_eq!((empty.mailboxes, empty.certificate_expiry), (None, None));
+    }
+
+    #[test]
+    fn domain_series_follow_status_changes_and_go_with_the_domain() {
+        let m = Metrics::new();
+        m.set_domain("mail", "example-com", &status());
+        m.set_domain("mail", "other-org", &status());
+        let text = m.encode();
+        for line in [
+            r#"postwarden_maildomain_condition{namespace="mail",maildomain="example-com",type="Ready"} 1"#,
+            r#"postwarden_maildomain_condition{namespace="mail",maildomain="example-com",type="BackupHealthy"} 0"#,
+            r#"postwarden_maildomain_mailboxes{namespace="mail",maildomain="example-com"} 3"#,
+            r#"postwarden_certificate_expiry_timestamp_seconds{namespace="mail",maildomain="example-com"} 1893553445"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+
+        let mut later = status();
+        later.conditions.truncate(1);
+        later.certificate = None;
+        m.set_domain("mail", "example-com", &later);
+        let text = m.encode();
+        assert!(!text.contains(r#"maildomain="example-com",type="BackupHealthy""#));
+        assert!(!text.contains(r#"postwarden_certificate_expiry_timestamp_seconds{namespace="mail",maildomain="example-com"}"#));
+
+        m.forget_domain("mail", "example-com");
+        let text = m.encode();
+        assert!(!text.contains(r#"maildomain="example-com""#), "{text}");
+        assert!(text.contains(r#"maildomain="other-org""#));
+    }
+
+    /// Sample names of the exposition, e.g. `postwarden_reconciles_total`.
+    fn sample_names(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn exported_names_are_the_ones_the_chart_may_query() {
+        let m = Metrics::new();
+        drop(m.reconcile("MailDomain"));
+        m.reconcile_failed("MailDomain", "apply");
+        m.write("Secret", "apply");
+        m.set_leader(true);
+        m.set_domain("mail", "example-com", &status());
+        m.set_backup(
+            "mail",
+            "example-com",
+            &BackupMetrics {
+                healthy: true,
+                last_success_unix: Some(1),
+                last_run_failed: false,
+                last_mailboxes: None,
+                last_bytes: None,
+            },
+        );
+        let exported = sample_names(&m.encode());
+        let listed: BTreeSet<String> = include_str!("../../../charts/postwarden/metrics.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        assert_eq!(exported, listed, "update charts/postwarden/metrics.txt");
     }
 }
