@@ -126,6 +126,8 @@ def stack(sink):
         TIMINGS["stack start-to-ready (seen by the suite)"] = time.monotonic() - started
         s.ready = json.loads((directory / "ready").read_text())
         TIMINGS["stack start-to-ready (reported by local up)"] = s.ready["readySeconds"]
+        for name, seconds in s.ready["daemonReadySeconds"].items():
+            TIMINGS[f"  {name} listening after"] = seconds
         yield s
     finally:
         stopping = time.monotonic()

@@ -32,6 +32,7 @@ pub struct Spec {
 pub struct Daemon {
     spec: Spec,
     child: Child,
+    started: Instant,
 }
 
 impl Daemon {
@@ -56,7 +57,11 @@ impl Daemon {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} ({})", spec.name, spec.program.display()))?;
-        Ok(Self { spec, child })
+        Ok(Self {
+            spec,
+            child,
+            started: Instant::now(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -76,15 +81,15 @@ impl Daemon {
         }
     }
 
-    /// Waits until every port accepts a connection; fails with the log's tail when the
-    /// process exits first or `deadline` passes.
-    pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
+    /// Waits until every port listens; fails with the log's tail when the process exits first
+    /// or `deadline` passes. Returns how long the daemon took since it was started.
+    pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<Duration> {
         let mut pending = self.spec.ports.clone();
         loop {
             let listening = listening_ports().await;
             pending.retain(|p| !listening.contains(p));
             if pending.is_empty() {
-                return Ok(());
+                return Ok(self.started.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!(

@@ -35,13 +35,18 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Waits until every daemon listens; the first failure (an exit, or `timeout`) is returned.
-    /// The caller stops the stack on failure.
-    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until every daemon listens and returns how long each took; the first failure (an
+    /// exit, or `timeout`) is returned instead. The caller stops the stack on failure.
+    pub async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<(String, Duration)>> {
         let deadline = Instant::now() + timeout;
-        let waits = self.daemons.iter_mut().map(|d| d.wait_ready(deadline));
-        let results = futures::future::join_all(waits).await;
-        results.into_iter().collect()
+        let waits = self.daemons.iter_mut().map(|d| async move {
+            let took = d.wait_ready(deadline).await?;
+            Ok((d.name().to_string(), took))
+        });
+        futures::future::join_all(waits).await.into_iter().collect()
     }
 
     /// `(name, pid of its main process)` of every daemon.

@@ -188,15 +188,22 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted while starting")),
         _ = terminate.recv() => Err(anyhow::anyhow!("terminated while starting")),
     };
-    if let Err(e) = started_up {
-        stack.stop().await;
-        return Err(e);
-    }
+    let daemon_ready = match started_up {
+        Ok(took) => took,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e);
+        }
+    };
     let ready_seconds = started.elapsed().as_secs_f64();
 
     publish(&dir, &applied)?;
     let summary = Ready {
         ready_seconds,
+        daemon_ready_seconds: daemon_ready
+            .iter()
+            .map(|(name, took)| (name.clone(), took.as_secs_f64()))
+            .collect(),
         daemons: stack.main_pids().into_iter().collect(),
         ports: listening_ports(&layout).into_iter().collect(),
     };
@@ -204,7 +211,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         &dir.join(ready::READY),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
-    print_ready(md, &layout, &dir, ready_seconds);
+    print_ready(md, &layout, &dir, ready_seconds, &daemon_ready);
 
     let outcome = tokio::select! {
         _ = interrupt.recv() => Ok(()),
@@ -352,7 +359,13 @@ fn publish(dir: &Path, applied: &Applied) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_ready(md: &crate::api::MailDomain, layout: &Layout, dir: &Path, seconds: f64) {
+fn print_ready(
+    md: &crate::api::MailDomain,
+    layout: &Layout,
+    dir: &Path,
+    seconds: f64,
+    daemon_ready: &[(String, Duration)],
+) {
     let p = &layout.ports;
     let host = md.spec.mail_hostname();
     let mut imap = BTreeMap::new();
@@ -375,5 +388,10 @@ fn print_ready(md: &crate::api::MailDomain, layout: &Layout, dir: &Path, seconds
     println!("  trust       {}", dir.join(ready::CA_CRT).display());
     println!("  DNS records {}", dir.join(ready::DNS_TXT).display());
     println!("  logs        {}", dir.join("var/log").display());
+    let each: Vec<String> = daemon_ready
+        .iter()
+        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+        .collect();
+    println!("  listening after: {}", each.join(", "));
     println!("Ctrl-C stops every daemon.");
 }
