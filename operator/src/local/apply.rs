@@ -118,6 +118,7 @@ pub fn apply(
         config::postfix::render(md, layout),
         config::rspamd::render(md, layout),
         config::dovecot::render(md, layout),
+        config::dovecot_auth::render(md, layout),
         config::scripts::render(md, layout),
     ] {
         for (name, content) in files {
