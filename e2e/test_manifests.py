@@ -649,6 +649,9 @@ def test_build_script_tags_match_the_chart():
 
 def test_image_users_match_the_ids_the_pods_run_as():
     ids = dict(re.findall(r"pub const (\w+): i64 = (\d+);", (ROOT / "operator/src/resources/mod.rs").read_text()))
+    # The mail uid is defined once, in the users database module, and reused by the pods.
+    userdb = "\n".join(p.read_text() for p in (ROOT / "operator/src/userdb").glob("*.rs"))
+    ids["VMAIL"] = re.search(r"pub const VMAIL_UID: u32 = (\d+);", userdb).group(1)
     mta, imap = dockerfile("mail-mta"), dockerfile("mail-imap")
     assert f"usermod --uid {ids['RSPAMD']} --gid {ids['RSPAMD']} _rspamd" in mta
     assert f"useradd --uid {ids['VMAIL']} --gid {ids['VMAIL']} " in imap

@@ -5,6 +5,7 @@
 //! that turn specs into Kubernetes objects and daemon configuration without any I/O.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod controller;
 pub mod crd;

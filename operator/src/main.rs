@@ -34,12 +34,26 @@ enum Command {
         #[arg(long)]
         dns: bool,
     },
+    /// Backups of a MailDomain's mail.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Run the mail stack of one MailDomain on this machine, in the real Postfix, Dovecot and
     /// Rspamd, from exactly the files the operator renders (no cluster needed).
     #[command(subcommand)]
     Local(LocalCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Print (or, with --apply, create) a Job that restores one mailbox or all from the latest
+    /// or a named snapshot into the running replicas. Mail that arrived after the snapshot is
+    /// kept: the snapshot's messages are imported alongside, and messages still present are
+    /// not doubled.
+    Restore(postwarden::backup::command::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -83,6 +97,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Render { file, dns } => render(file, dns),
+        Command::Backup {
+            command: BackupCommand::Restore(args),
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(postwarden::backup::command::restore(args))),
         Command::Local(LocalCommand::Up {
             file,
             dir,

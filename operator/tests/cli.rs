@@ -165,3 +165,63 @@ fn render_names_the_mailbox_whose_password_secret_is_missing() {
         stderr(&out)
     );
 }
+
+#[test]
+fn backup_restore_prints_a_job_for_one_mailbox_from_a_snapshot() {
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/quickstart.yaml"
+    );
+    let out = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@example.com",
+        "--snapshot",
+        "057ad2fd",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("apiVersion: batch/v1\nkind: Job\n"),
+        "{text}"
+    );
+    assert!(text.contains("generateName: example-com-restore-"));
+    assert!(text.contains("name: RESTORE_MAILBOX\n") && text.contains("value: alice@example.com"));
+    assert!(text.contains("value: 057ad2fd"));
+
+    let wrong = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@elsewhere.example",
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("not an address of example.com"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let missing = postwarden(&[
+        "backup", "restore", "--domain", "nope", "-n", "mail", "-f", quickstart,
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no MailDomain mail/nope"),
+        "{}",
+        stderr(&missing)
+    );
+}

@@ -1,8 +1,9 @@
-//! Per-object exponential backoff after failed reconciles.
+//! Per-object exponential backoff after failed reconciles, and pacing of reconciles of one
+//! object that is changing all the time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Delay after the first failure.
 pub const BASE: Duration = Duration::from_secs(5);
@@ -44,9 +45,64 @@ impl Failures {
     }
 }
 
+/// How long to wait before starting a reconcile so that starts of the same object are at
+/// least `min` apart.
+pub fn pause(last_start: Option<Instant>, now: Instant, min: Duration) -> Duration {
+    match last_start {
+        Some(last) => (last + min).saturating_duration_since(now),
+        None => Duration::ZERO,
+    }
+}
+
+/// Spaces out the reconciles of each object.
+///
+/// While one reconcile of an object runs or waits here, the controller folds every further
+/// trigger of that object into one pending request. So a MailDomain whose Mailboxes are being
+/// created by the thousand is reconciled about once per interval with everything that arrived
+/// meanwhile, instead of once per Mailbox; and unlike a debounce it is never postponed
+/// indefinitely by a steady stream of changes.
+#[derive(Default)]
+pub struct Pacer(Mutex<HashMap<String, Instant>>);
+
+impl Pacer {
+    /// Waits as needed and records the start of a reconcile of `key`.
+    pub async fn start(&self, key: &str, min: Duration) {
+        let wait = {
+            let map = self.0.lock().expect("pacer lock");
+            pause(map.get(key).copied(), Instant::now(), min)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.0
+            .lock()
+            .expect("pacer lock")
+            .insert(key.to_string(), Instant::now());
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.0.lock().expect("pacer lock").remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconciles_of_one_object_start_at_least_the_interval_apart() {
+        let min = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert_eq!(pause(None, t0, min), Duration::ZERO);
+        assert_eq!(
+            pause(Some(t0), t0 + Duration::from_millis(300), min),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            pause(Some(t0), t0 + Duration::from_secs(5), min),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn delays_double_up_to_the_cap() {

@@ -12,7 +12,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Client;
 
 use super::apply::AppliedTokens;
-use super::backoff::Failures;
+use super::backoff::{Failures, Pacer};
 use super::desired::Planner;
 use super::informers::Stores;
 use super::metrics::Metrics;
@@ -39,6 +39,7 @@ pub struct Context {
     pub stores: Stores,
     pub planner: Arc<dyn Planner>,
     pub failures: Failures,
+    pub pacer: Pacer,
     pub applied: AppliedTokens,
     /// Longest time between two reconciles of a MailDomain.
     pub resync: Duration,
@@ -63,6 +64,7 @@ impl Context {
             stores,
             planner,
             failures: Failures::default(),
+            pacer: Pacer::default(),
             applied: AppliedTokens::default(),
             resync,
             reported_invalid: Mutex::default(),

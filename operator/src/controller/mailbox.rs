@@ -42,7 +42,7 @@ pub async fn reconcile(obj: Arc<MailboxObj>, ctx: Arc<Context>) -> Result<Action
     let namespace = mb
         .namespace()
         .ok_or(Error::MissingMetadata("metadata.namespace"))?;
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %namespace, name = %mb.name_any());
+    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %namespace, object = %mb.name_any());
     let _timer = ctx.metrics.reconcile(KIND);
     async {
         let domain = ctx

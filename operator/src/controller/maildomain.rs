@@ -7,12 +7,12 @@
 //! an Event say why, and nothing is applied or deleted. Every write is skipped when the object
 //! is already as desired.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -35,6 +35,8 @@ const KIND: &str = "MailDomain";
 const STATUS_CONCURRENCY: usize = 16;
 /// Secret reads in flight at once.
 const READ_CONCURRENCY: usize = 16;
+/// Shortest time between the starts of two reconciles of one MailDomain.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn reconcile(obj: Arc<DomainObj>, ctx: Arc<Context>) -> Result<Action, Error> {
     let md = match &obj.0 {
@@ -49,8 +51,10 @@ pub async fn reconcile(obj: Arc<DomainObj>, ctx: Arc<Context>) -> Result<Action,
         .namespace()
         .ok_or(Error::MissingMetadata("metadata.namespace"))?;
     let name = md.name_any();
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %namespace, name = %name);
+    let span =
+        tracing::info_span!("reconcile", kind = KIND, namespace = %namespace, object = %name);
     let key = format!("{namespace}/{name}");
+    ctx.pacer.start(&key, MIN_INTERVAL).await;
     let _timer = ctx.metrics.reconcile(KIND);
     let result = reconcile_domain(md, &namespace, &name, &ctx)
         .instrument(span)
@@ -98,6 +102,7 @@ async fn reconcile_domain(
         return Ok(Action::await_change());
     }
 
+    let started = std::time::Instant::now();
     let mailboxes = ctx.stores.mailboxes_of(namespace, name);
     let (inputs, mut states) = resolve_mailboxes(ctx, namespace, &mailboxes).await?;
     let secrets = resolve_state_secrets(ctx, namespace, md).await?;
@@ -113,6 +118,7 @@ async fn reconcile_domain(
     let planned = tokio::task::spawn_blocking(move || planner.desired(&resolved))
         .await
         .unwrap_or_else(|e| Err(format!("computing the desired state panicked: {e}")));
+    let resolved_at = started.elapsed();
     let desired = match planned {
         Ok(d) => d,
         Err(message) => {
@@ -153,6 +159,16 @@ async fn reconcile_domain(
         )
         .await;
     }
+    if !desired.changes.is_empty() {
+        ctx.publish(
+            &md.object_ref(&()),
+            EventType::Normal,
+            "StateRotated",
+            "Apply",
+            desired.changes.join("; "),
+        )
+        .await;
+    }
     let deleted = apply::prune(ctx, namespace, name, &owner.uid, &desired.children).await?;
     if !deleted.is_empty() {
         ctx.publish(
@@ -189,6 +205,14 @@ async fn reconcile_domain(
         dns_records: Some(desired.dns_records.clone()),
     };
     write_status(ctx, md, obs).await?;
+    tracing::debug!(
+        mailboxes = mailboxes.len(),
+        applied = report.applied.len(),
+        unchanged = report.unchanged,
+        resolve_and_plan_ms = resolved_at.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
     let wait = status::requeue_after(now, desired.scheduled.iter().copied(), ctx.resync);
     Ok(Action::requeue(wait))
 }
@@ -226,6 +250,11 @@ async fn resolve_mailboxes(
             }
         }
     }
+    let wanted: HashSet<&str> = candidates
+        .iter()
+        .map(|mb| mb.spec.password_secret_ref.name.as_str())
+        .collect();
+    prefetch_secrets(ctx, namespace, &wanted).await?;
     let reads: Vec<_> = candidates
         .into_iter()
         .map(|mb| async move {
@@ -267,6 +296,53 @@ async fn resolve_mailboxes(
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     Ok((inputs, states))
+}
+
+/// Above this many Secrets to read, one paged LIST of the namespace beats one GET each.
+const PREFETCH_THRESHOLD: usize = 32;
+
+/// Fills the Secret cache with a paged LIST when many of `wanted` are missing from it or
+/// outdated (the first reconcile after a start, or a bulk import of Mailboxes). Only the
+/// wanted Secrets are kept.
+async fn prefetch_secrets(
+    ctx: &Context,
+    namespace: &str,
+    wanted: &HashSet<&str>,
+) -> Result<(), Error> {
+    let stale = wanted
+        .iter()
+        .filter(|name| {
+            ctx.stores.secret_meta(namespace, name).is_some_and(|m| {
+                let rv = m.metadata.resource_version.as_deref().unwrap_or_default();
+                ctx.stores.secret_data.get(namespace, name, rv).is_none()
+            })
+        })
+        .count();
+    if stale <= PREFETCH_THRESHOLD {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await.map_err(|source| Error::Read {
+            what: format!("Secrets of namespace {namespace}"),
+            source,
+        })?;
+        for secret in page.items {
+            if secret
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| wanted.contains(n))
+            {
+                ctx.stores.secret_data.put(secret);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Reads a Secret through the cache: from the API only when its resourceVersion changed.

@@ -316,9 +316,7 @@ async fn run_controllers(
         config.resync,
     ));
 
-    let settings = kube_controller::Config::default()
-        .concurrency(config.concurrency.max(1))
-        .debounce(Duration::from_millis(500));
+    let settings = kube_controller::Config::default().concurrency(config.concurrency.max(1));
     let domains = Controller::for_stream(triggers.domain_objects, stores.domains.clone())
         .reconcile_on(triggers.domain_refs)
         .with_config(settings.clone())

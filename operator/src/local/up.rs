@@ -21,8 +21,9 @@ use super::store::Store;
 
 /// Default `--port-base`: SMTP on 10025, submission on 10587, IMAPS on 10993.
 pub const DEFAULT_PORT_BASE: u16 = 10_000;
-/// How long the daemons may take to listen. Rspamd compiles its rules on a cold start.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the daemons may take to listen. Rspamd compiles its rules on a cold start: ~10 s
+/// on an idle machine, minutes on a busy one.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the entrypoints look for changed files (`POSTWARDEN_WATCH_INTERVAL`): a local
 /// stack is for trying things, so changes show within a second.
 const WATCH_INTERVAL_SECONDS: &str = "1";
@@ -111,7 +112,10 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
                 dir.display()
             )
         })?)?;
-    let file = options.file.unwrap_or(settings.file);
+    let file = match options.file {
+        Some(file) => absolute(&file)?,
+        None => settings.file.clone(),
+    };
     let inputs = manifest::load_path(&file)?;
     let md = apply::the_domain(&inputs)?;
     let replicas = imap_replicas(md);
@@ -134,6 +138,12 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
         jiff::Timestamp::now(),
     )?;
     publish(&dir, &applied)?;
+    warn(&applied);
+    if file != settings.file {
+        // Later reloads read the file given last.
+        let settings = Settings { file, ..settings };
+        ready::write_atomic(&dir.join(SETTINGS), &serde_json::to_vec_pretty(&settings)?)?;
+    }
     if applied.changed.is_empty() {
         println!("nothing changed");
     }
@@ -154,7 +164,13 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = absolute(&options.dir)?;
     let layout = Layout::local(&dir, options.port_base, replicas);
-    let programs = preflight::find_programs(PROGRAMS)?;
+    preflight::find_programs(PROGRAMS)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "`local up` needs root, like the packaged mail services: Postfix and Dovecot start as root and drop privileges themselves (run it with sudo)"
+        );
+    }
     preflight::check_ports_free(&listening_ports(&layout))?;
     prepare_dir(&dir)?;
 
@@ -167,6 +183,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         apply::Options::default(),
         jiff::Timestamp::now(),
     )?;
+    warn(&applied);
     let settings = Settings {
         file: absolute(&options.file)?,
         port_base: options.port_base,
@@ -176,11 +193,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let sh = programs
-        .iter()
-        .find(|p| p.ends_with("sh"))
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("/bin/sh"));
+    let sh = preflight::find_program("sh").unwrap_or_else(|| PathBuf::from("/bin/sh"));
     let specs = daemon_specs(&layout, &sh, replicas);
     let mut stack = Stack::spawn(specs).await?;
     let started_up = tokio::select! {
@@ -360,6 +373,12 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });
     specs
+}
+
+fn warn(applied: &Applied) {
+    for warning in &applied.warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// DIR/ca.crt and DIR/dns.txt.
