@@ -178,6 +178,143 @@ fn every_option_variant_passes_the_daemons_checks() {
 }
 
 #[test]
+fn dovecot_accepts_the_auth_sidecar_configuration() {
+    let (_dir, _md, layout) = local_tree(1);
+    let conf = layout.config_dir().join(dovecot_auth::DOVECOT_AUTH_CONF);
+    let out = run_ok(Command::new("doveconf").arg("-c").arg(&conf).arg("-n"));
+    assert!(!out.contains("Warning"), "{out}");
+    assert!(out.contains("protocols = none"), "{out}");
+    // The one network listener is the auth-client one, on loopback.
+    let listeners = run_ok(
+        Command::new("doveconf")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-h", "service/auth/inet_listener/auth-client/address"]),
+    );
+    assert_eq!(listeners.trim(), LOOPBACK);
+}
+
+/// One request of Dovecot's auth-client protocol as Postfix makes it: PLAIN for a client at
+/// 127.0.0.2 over a TLS-secured session, giving up after Postfix's 10 s. True on `OK`.
+fn sasl_plain(port: u16, user: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    use std::io::{BufRead, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect((LOOPBACK, port)).expect("auth connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    write!(w, "VERSION\t1\t2\nCPID\t{}\n", std::process::id()).unwrap();
+    let mut line = String::new();
+    while line != "DONE\n" {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("auth handshake") > 0);
+    }
+    let resp = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    writeln!(
+        w,
+        "AUTH\t1\tPLAIN\tservice=smtp\tsecured\trip=127.0.0.2\tresp={resp}"
+    )
+    .unwrap();
+    line.clear();
+    reader.read_line(&mut line).expect("auth reply");
+    assert!(
+        line.starts_with("OK\t1") || line.starts_with("FAIL\t1"),
+        "{line}"
+    );
+    line.starts_with("OK\t1")
+}
+
+#[test]
+fn auth_sidecar_runs_unprivileged_on_loopback_and_picks_up_user_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_guard, md, layout) = local_tree(1);
+    let mut mailboxes = quickstart_mailboxes();
+    let mut carol = mailboxes[0].clone();
+    carol.local_part = "carol".into();
+    carol.aliases.clear();
+    carol.password_hash =
+        userdb::hash_password("carol-pw", super::testing::SALT_KEY, "carol@example.com").unwrap();
+    carol.suspended = true;
+    mailboxes.push(carol);
+    write_tree(&md, &layout, &mailboxes);
+
+    // As in the pod: Dovecot's user, no capability at all, its own writable runtime directory
+    // (the pod's emptyDir) and log directory; everything else read-only to it.
+    fs::set_permissions(&layout.root, fs::Permissions::from_mode(0o755)).unwrap();
+    let log_dir = layout.log_dir.clone().unwrap();
+    for dir in [layout.auth_run_dir(), log_dir.clone()] {
+        fs::create_dir_all(&dir).unwrap();
+        run_ok(Command::new("chown").arg(dovecot_auth::USER).arg(&dir));
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        dovecot_auth::USER,
+        "--regid",
+        dovecot_auth::USER,
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "sh",
+    ])
+    .arg(layout.config_dir().join(scripts::AUTH_ENTRYPOINT));
+    let log = log_dir.join("auth-entrypoint.log");
+    let entry = Entrypoint::spawn(cmd, &[], &log);
+    let port = layout.ports.auth;
+    wait_for_port(port, "Dovecot auth sidecar", &log);
+    // Loopback only: nothing listens on the wildcard address for this port.
+    let tcp = fs::read_to_string("/proc/net/tcp").unwrap();
+    let wildcard = format!("00000000:{port:04X} ");
+    assert!(!tcp.contains(&wildcard), "{tcp}");
+
+    assert!(sasl_plain(
+        port,
+        "Alice@Example.COM",
+        "correct-horse-battery-staple"
+    ));
+    assert!(!sasl_plain(port, "alice@example.com", "wrong"));
+    assert!(!sasl_plain(port, "carol@example.com", "carol-pw"));
+    // Failures from one address do not pile up delays past Postfix's patience.
+    for n in 0..3 {
+        assert!(!sasl_plain(port, &format!("nobody{n}@example.com"), "x"));
+    }
+    assert!(sasl_plain(
+        port,
+        "alice@example.com",
+        "correct-horse-battery-staple"
+    ));
+
+    mailboxes.last_mut().unwrap().suspended = false;
+    let db = userdb::build(&md.spec, &mailboxes);
+    let shard = userdb::shard_of("carol@example.com");
+    fs::write(
+        layout.users_dir().join(shard_file_name(shard)),
+        &db.shards[shard],
+    )
+    .unwrap();
+    eventually(15, "carol can authenticate after the change", || {
+        sasl_plain(port, "carol@example.com", "carol-pw")
+    });
+    // Dovecot may see the new file before the watcher does; the flush follows either way.
+    eventually(10, "the entrypoint flushes the auth cache", || {
+        fs::read_to_string(&log).is_ok_and(|t| t.contains("flushing the auth cache"))
+    });
+
+    let status = entry.stop();
+    assert!(
+        status.success(),
+        "entrypoint exit {status:?}: {}",
+        fs::read_to_string(&log).unwrap()
+    );
+    eventually(10, "the sidecar stopped", || {
+        std::net::TcpStream::connect((LOOPBACK, port)).is_err()
+    });
+}
+
+#[test]
 fn rspamd_accepts_the_rendered_configuration() {
     let (_dir, _md, layout) = local_tree(1);
     let conf = layout.config_dir().join(rspamd::RSPAMD_CONF);
@@ -196,9 +333,15 @@ pub(crate) struct Entrypoint {
 
 impl Entrypoint {
     pub(crate) fn start(script: &Path, env: &[(&str, &str)], log: &Path) -> Self {
+        let mut sh = Command::new("sh");
+        sh.arg(script);
+        Self::spawn(sh, env, log)
+    }
+
+    /// Runs `cmd` (an entrypoint, possibly behind a privilege-dropping wrapper).
+    pub(crate) fn spawn(mut cmd: Command, env: &[(&str, &str)], log: &Path) -> Self {
         let out = fs::File::create(log).expect("log file");
-        let child = Command::new("sh")
-            .arg(script)
+        let child = cmd
             .envs(env.iter().copied())
             .env("POSTWARDEN_WATCH_INTERVAL", "1")
             .stdout(out.try_clone().unwrap())
@@ -310,7 +453,6 @@ fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_change
     );
     let ports = layout.imap_instance(0).ports;
     wait_for_port(ports.lmtp, "Dovecot LMTP", &log);
-    wait_for_port(ports.auth, "Dovecot auth", &log);
 
     let auth = |user: &str, pw: &str| {
         run(Command::new("doveadm")

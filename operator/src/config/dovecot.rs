@@ -1,5 +1,6 @@
-//! Dovecot: IMAP (143 STARTTLS, 993 implicit TLS), LMTP delivery, SASL auth for Postfix,
-//! doveadm (replication, backup) and an OpenMetrics endpoint.
+//! Dovecot: IMAP (143 STARTTLS, 993 implicit TLS), LMTP delivery, doveadm (replication,
+//! backup) and an OpenMetrics endpoint. Postfix's SASL does not come here: each MTA pod asks
+//! its own auth-only Dovecot ([`super::dovecot_auth`]) over loopback.
 //!
 //! One ConfigMap serves every replica. It holds the shared `dovecot.conf` and one small
 //! `dovecot-<ordinal>.conf` per replica, which includes the shared file and adds what differs
@@ -50,10 +51,39 @@ pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     files
 }
 
+/// The authentication settings: passwd-file shards of hashes, lowercase addresses as user
+/// names, cached lookups. Shared by the IMAP instances and the MTA pod's auth sidecar
+/// ([`super::dovecot_auth`]), so a login is judged the same way over IMAP and submission.
+pub fn auth_settings(layout: &Layout) -> String {
+    format!(
+        r#"# --- Authentication: passwd-file shards of hashes, lowercase addresses as user names
+disable_plaintext_auth = yes
+auth_mechanisms = plain login
+auth_username_format = %Lu
+auth_verbose = yes
+auth_failure_delay = 2 secs
+# Cached lookups; the entrypoint flushes the cache when the users database changes.
+auth_cache_size = 10M
+auth_cache_ttl = 1 hours
+auth_cache_negative_ttl = 5 mins
+passdb {{
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT {users}/%1Mu.passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = {users}/%1Mu.passwd
+  default_fields = uid={uid} gid={uid}
+}}
+"#,
+        users = layout.users_dir().display(),
+        uid = VMAIL_UID,
+    )
+}
+
 fn shared(md: &MailDomain, layout: &Layout) -> String {
     let spec = &md.spec;
     let domain = spec.domain.to_ascii_lowercase();
-    let users = layout.users_dir();
     let tls = layout.tls_dir();
     let mut s = String::new();
     let _ = write!(
@@ -78,26 +108,7 @@ ssl_cipher_list = {ciphers}
 ssl_prefer_server_ciphers = no
 ssl_options = no_compression
 
-# --- Authentication: passwd-file shards of hashes, lowercase addresses as user names
-disable_plaintext_auth = yes
-auth_mechanisms = plain login
-auth_username_format = %Lu
-auth_verbose = yes
-auth_failure_delay = 2 secs
-# Cached lookups; the entrypoint flushes the cache when the users database changes.
-auth_cache_size = 10M
-auth_cache_ttl = 1 hours
-auth_cache_negative_ttl = 5 mins
-passdb {{
-  driver = passwd-file
-  args = scheme=SHA512-CRYPT {users}/%1Mu.passwd
-}}
-userdb {{
-  driver = passwd-file
-  args = {users}/%1Mu.passwd
-  default_fields = uid={uid} gid={uid}
-}}
-
+{auth}
 # --- Mail: Maildir below mail_home (set per instance), owned by the vmail uid only
 first_valid_uid = {uid}
 last_valid_uid = {uid}
@@ -179,7 +190,7 @@ metric mail_delivery {{
         cert = tls.join("tls.crt").display(),
         key = tls.join("tls.key").display(),
         ciphers = TLS12_CIPHERS,
-        users = users.display(),
+        auth = auth_settings(layout),
         uid = VMAIL_UID,
         replication_plugins = replication::dovecot_mail_plugins(layout),
         doveadm_password = layout
@@ -241,12 +252,6 @@ service lmtp {{
     port = {lmtp}
   }}
 }}
-# SASL for Postfix (the auth-client protocol).
-service auth {{
-  inet_listener auth-client {{
-    port = {auth}
-  }}
-}}
 service doveadm {{
   inet_listener doveadm {{
     port = {doveadm}
@@ -266,7 +271,6 @@ service stats {{
         imap = ports.imap,
         imaps = ports.imaps,
         lmtp = ports.lmtp,
-        auth = ports.auth,
         doveadm = ports.doveadm,
         metrics = ports.dovecot_metrics,
     );

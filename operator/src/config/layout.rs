@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 /// hex digit of the MD5 of the lowercase user name (`%1Mu`), so this is fixed at 16.
 pub const USER_SHARDS: usize = 16;
 
+/// Address of listeners only the containers of the same pod may reach (the Rspamd milter,
+/// the auth sidecar): pods share their loopback interface, nothing else reaches it.
+pub const LOOPBACK: &str = "127.0.0.1";
+
 /// TCP ports of every service, as seen by clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ports {
@@ -20,7 +24,8 @@ pub struct Ports {
     pub imap: u16,
     pub imaps: u16,
     pub lmtp: u16,
-    /// Dovecot auth for Postfix SASL.
+    /// The MTA pod's auth-only Dovecot, Postfix's SASL server: on [`LOOPBACK`] only, so
+    /// passwords never cross the pod network.
     pub auth: u16,
     /// doveadm server (replication and backup), authenticated by the shared doveadm password.
     pub doveadm: u16,
@@ -96,7 +101,7 @@ pub struct Layout {
     pub ports: Ports,
     /// Host names (or addresses) of the Dovecot instances, index = replica ordinal.
     pub imap_hosts: Vec<String>,
-    /// Host name of the Dovecot Service Postfix delivers to (LMTP) and authenticates against.
+    /// Host name of the Dovecot Service Postfix delivers to (LMTP).
     pub imap_service_host: String,
     /// Host of the Rspamd milter as seen from Postfix.
     pub milter_host: String,
@@ -143,7 +148,7 @@ impl Layout {
             ports: Ports::standard(),
             imap_hosts,
             imap_service_host: format!("{headless}.{namespace}.svc"),
-            milter_host: "127.0.0.1".into(),
+            milter_host: LOOPBACK.into(),
             imap_instance_ports: vec![Ports::standard(); imap_replicas],
             instances_share_host: false,
             log_dir: None,
@@ -179,14 +184,7 @@ impl Layout {
     /// Every TCP port the stack listens on, with the listening service (`imap-1 imaps`, ...),
     /// sorted and without duplicates: what must be free before a local run starts.
     pub fn listen_ports(&self) -> Vec<(u16, String)> {
-        const IMAP: [&str; 6] = [
-            "imap",
-            "imaps",
-            "lmtp",
-            "auth",
-            "doveadm",
-            "dovecot-metrics",
-        ];
+        const IMAP: [&str; 5] = ["imap", "imaps", "lmtp", "doveadm", "dovecot-metrics"];
         let mut ports: Vec<(u16, String)> = self
             .ports
             .named()
@@ -298,6 +296,11 @@ impl Layout {
     /// Postfix `data_directory` (TLS and postscreen caches; rebuilt after a restart).
     pub fn postfix_data_dir(&self) -> PathBuf {
         self.run_dir().join("postfix")
+    }
+    /// The auth sidecar's Dovecot base_dir and state_dir (sockets, pid file), apart from every
+    /// IMAP instance's so a local run can start them all on one host.
+    pub fn auth_run_dir(&self) -> PathBuf {
+        self.run_dir().join("dovecot-auth")
     }
     /// Rspamd's pid file, caches and statistics (rebuilt after a restart).
     pub fn rspamd_run_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 //! names are flat (ConfigMap keys); every file lands in [`Layout::config_dir`].
 
 pub mod dovecot;
+pub mod dovecot_auth;
 pub mod layout;
 pub mod postfix;
 pub mod replication;
@@ -12,7 +13,7 @@ pub mod rspamd;
 pub mod scripts;
 mod tls;
 
-pub use layout::{ImapInstance, Layout, Ports, USER_SHARDS};
+pub use layout::{ImapInstance, Layout, Ports, LOOPBACK, USER_SHARDS};
 
 use crate::api::maildomain::MailDomainSpec;
 
@@ -44,13 +45,15 @@ pub mod dkim_files {
 #[cfg(test)]
 pub(crate) mod testing;
 
-/// Every file of the MTA pod's ConfigMap: Postfix, Rspamd and their entrypoints.
+/// Every file of the MTA pod's ConfigMap: Postfix, Rspamd, the auth sidecar and their
+/// entrypoints.
 pub fn mta_files(
     md: &crate::api::maildomain::MailDomain,
     layout: &Layout,
 ) -> std::collections::BTreeMap<String, String> {
     let mut files = postfix::render(md, layout);
     files.extend(rspamd::render(md, layout));
+    files.extend(dovecot_auth::render(md, layout));
     let mut scripts = scripts::render(md, layout);
     scripts.retain(|k, _| k != scripts::IMAP_ENTRYPOINT);
     files.extend(scripts);

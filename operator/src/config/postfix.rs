@@ -2,8 +2,8 @@
 //!
 //! Port 25 is guarded by postscreen and accepts mail only for the domain, its alias domains and
 //! known recipients (unknown ones are refused at RCPT). Submission (587 STARTTLS, 465 implicit
-//! TLS) needs TLS, then SASL authentication against Dovecot, and an authenticated user may only
-//! send as the addresses they own. Every message passes the Rspamd milter, which scans inbound
+//! TLS) needs TLS, then SASL authentication against the pod's auth-only Dovecot, and an
+//! authenticated user may only send as the addresses they own. Every message passes the Rspamd milter, which scans inbound
 //! mail and DKIM-signs authenticated mail; local delivery goes over LMTP to Dovecot.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use crate::api::quantity;
 use crate::userdb::{MAP_ALIASES, MAP_MAILBOXES, MAP_SENDERS};
 
 use super::tls::TLS12_CIPHERS;
-use super::{hostname, Layout};
+use super::{dovecot_auth, hostname, Layout};
 
 /// File names of the rendered configuration.
 pub const MAIN_CF: &str = "main.cf";
@@ -193,11 +193,8 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
         "Submission (587, 465): TLS, then SASL, then only own addresses",
     );
     kv(&mut s, "smtpd_sasl_type", "dovecot");
-    kv(
-        &mut s,
-        "smtpd_sasl_path",
-        &format!("inet:{}:{}", layout.imap_service_host, ports.auth),
-    );
+    // The pod's own auth sidecar, over loopback: the password never crosses the network.
+    kv(&mut s, "smtpd_sasl_path", &dovecot_auth::sasl_path(layout));
     kv(&mut s, "smtpd_sasl_auth_enable", "no");
     kv(&mut s, "smtpd_sasl_security_options", "noanonymous");
     kv(&mut s, "smtpd_sasl_tls_security_options", "noanonymous");

@@ -7,8 +7,9 @@
 //! default 5) and, on a change, makes the daemon re-read them:
 //! - Postfix: `postfix reload` for new maps or a new certificate (graceful: running sessions
 //!   finish, new ones use the new files).
-//! - Dovecot: passwd-file shards are re-read by Dovecot itself when they change, so a users
-//!   change only flushes the auth cache; a new certificate needs `doveadm reload`.
+//! - Dovecot (IMAP pods and the MTA pod's auth sidecar): passwd-file shards are re-read by
+//!   Dovecot itself when they change, so a users change only flushes the auth cache; a new
+//!   certificate needs `doveadm reload` (the auth sidecar has none).
 //! - Rspamd re-reads its map files itself and loads DKIM keys per message: nothing to do.
 
 use std::collections::BTreeMap;
@@ -18,18 +19,21 @@ use std::path::Path;
 use crate::api::maildomain::MailDomain;
 use crate::userdb::VMAIL_UID;
 
-use super::{postfix, replication, rspamd, Layout};
+use super::{dovecot_auth, postfix, replication, rspamd, Layout};
 
 pub const MTA_ENTRYPOINT: &str = "mta-entrypoint.sh";
 pub const IMAP_ENTRYPOINT: &str = "imap-entrypoint.sh";
 pub const RSPAMD_ENTRYPOINT: &str = "rspamd-entrypoint.sh";
+/// The MTA pod's auth sidecar ([`super::dovecot_auth`]).
+pub const AUTH_ENTRYPOINT: &str = "auth-entrypoint.sh";
 
-/// The three entrypoints, for the config directory (run them with `sh <file>`).
+/// The entrypoints, for the config directory (run them with `sh <file>`).
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MTA_ENTRYPOINT.to_string(), mta(layout)),
         (IMAP_ENTRYPOINT.to_string(), imap(md, layout)),
         (RSPAMD_ENTRYPOINT.to_string(), rspamd_entry(layout)),
+        (AUTH_ENTRYPOINT.to_string(), auth(layout)),
     ])
 }
 
@@ -199,6 +203,51 @@ exit "$status"
         secrets = p(&layout.secrets_dir()),
         replication = replication::entrypoint_started(md, layout),
         replication_users_changed = replication::entrypoint_users_changed(md, layout),
+    );
+    s
+}
+
+fn auth(layout: &Layout) -> String {
+    let mut s = String::from(PREAMBLE);
+    let log_dir = layout
+        .log_dir
+        .as_ref()
+        .map(|d| format!("mkdir -p {}\n", p(d)))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        r#"
+# The auth-only Dovecot (Postfix's SASL server) in the foreground. Dovecot re-reads changed
+# passwd-files itself; a users database change only flushes the auth cache, as in the IMAP pods.
+CONF={conf}
+RUN={run}
+
+mkdir -p "$RUN"
+{log_dir}# A previous run's master.pid may name a live process of this new pid namespace.
+rm -f "$RUN/dovecot/master.pid"
+doveconf -c "$CONF" -n >/dev/null
+
+dovecot -c "$CONF" -F &
+PID=$!
+trap 'log "stopping Dovecot auth"; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
+
+users_last=$(fingerprint {users})
+while kill -0 "$PID" 2>/dev/null; do
+  pause
+  users_now=$(fingerprint {users})
+  if [ "$users_now" != "$users_last" ]; then
+    users_last=$users_now
+    log "users database changed: flushing the auth cache"
+    doveadm -c "$CONF" auth cache flush >/dev/null || log "auth cache flush failed"
+  fi
+done
+status=0
+wait "$PID" || status=$?
+exit "$status"
+"#,
+        conf = p(&layout.config_dir().join(dovecot_auth::DOVECOT_AUTH_CONF)),
+        run = p(&layout.auth_run_dir()),
+        users = p(&layout.users_dir()),
     );
     s
 }

@@ -40,6 +40,67 @@ fn snapshot_dovecot() {
 }
 
 #[test]
+fn snapshot_dovecot_auth() {
+    let md = quickstart();
+    insta::assert_snapshot!(to_yaml(&dovecot_auth::render(&md, &k8s(&md))));
+}
+
+#[test]
+fn submission_passwords_stay_in_the_mta_pod() {
+    let md = quickstart();
+    for layout in [
+        k8s(&md),
+        Layout::local(std::path::Path::new("/srv/pw"), 20000, 2),
+    ] {
+        let main = &postfix::render(&md, &layout)[postfix::MAIN_CF];
+        let sasl = main_cf_value(main, "smtpd_sasl_path").unwrap();
+        assert_eq!(sasl, format!("inet:127.0.0.1:{}", layout.ports.auth));
+
+        let conf = &dovecot_auth::render(&md, &layout)[dovecot_auth::DOVECOT_AUTH_CONF];
+        // The same passdb and userdb as the IMAP instances: one rendering, included verbatim.
+        let auth = dovecot::auth_settings(&layout);
+        assert!(conf.contains(&auth), "{conf}");
+        assert!(dovecot::render(&md, &layout)[dovecot::DOVECOT_CONF].contains(&auth));
+        for line in [
+            "protocols = none",
+            "listen = 127.0.0.1",
+            "    address = 127.0.0.1",
+            &format!("    port = {}", layout.ports.auth),
+        ] {
+            assert!(
+                conf.contains(&format!("{line}\n")),
+                "missing {line:?}: {conf}"
+            );
+        }
+        // One listener only, and nothing else of the IMAP pods: no mail, TLS or doveadm.
+        assert_eq!(conf.matches("inet_listener").count(), 1, "{conf}");
+        for absent in ["ssl_key", "doveadm", "lmtp", "imap", "mail_location"] {
+            assert!(!conf.contains(absent), "{absent} in {conf}");
+        }
+        assert!(conf.contains(&format!(
+            "base_dir = {}/dovecot\n",
+            layout.auth_run_dir().display()
+        )));
+
+        // The IMAP instances no longer offer auth to the network.
+        for (name, file) in dovecot::render(&md, &layout) {
+            assert!(!file.contains("auth-client"), "{name}");
+            assert!(!file.contains("service auth "), "{name}");
+        }
+    }
+    let local = Layout::local(std::path::Path::new("/srv/pw"), 20000, 2);
+    let ports: Vec<(u16, String)> = local.listen_ports();
+    assert_eq!(
+        ports
+            .iter()
+            .filter(|(_, name)| name.contains("auth"))
+            .collect::<Vec<_>>(),
+        [&(21345, "auth".to_string())],
+        "one auth port, the sidecar's"
+    );
+}
+
+#[test]
 fn snapshot_rspamd() {
     let md = quickstart();
     insta::assert_snapshot!(to_yaml(&rspamd::render(&md, &k8s(&md))));
@@ -72,10 +133,7 @@ fn postfix_is_no_open_relay_and_submission_needs_tls_and_auth() {
     assert_eq!(v("smtpd_tls_mandatory_protocols"), ">=TLSv1.2");
     assert_eq!(v("smtpd_tls_protocols"), ">=TLSv1.2");
     assert_eq!(v("smtpd_sasl_type"), "dovecot");
-    assert_eq!(
-        v("smtpd_sasl_path"),
-        "inet:example-com-imap-hl.mail.svc:12345"
-    );
+    assert_eq!(v("smtpd_sasl_path"), "inet:127.0.0.1:12345");
     assert_eq!(
         v("virtual_transport"),
         "lmtp:inet:example-com-imap-hl.mail.svc:24"
@@ -317,6 +375,9 @@ fn mta_and_imap_file_sets_are_disjoint_and_hold_no_secrets() {
     let mta = mta_files(&md, &layout);
     let imap = imap_files(&md, &layout);
     assert!(mta.keys().all(|k| !imap.contains_key(k)));
+    for sidecar in [dovecot_auth::DOVECOT_AUTH_CONF, scripts::AUTH_ENTRYPOINT] {
+        assert!(mta.contains_key(sidecar), "{sidecar}");
+    }
     for (name, content) in mta.iter().chain(&imap) {
         assert!(
             name.chars()

@@ -294,6 +294,7 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
         ("submissions".to_string(), p.submissions),
         ("rspamd-milter".to_string(), p.milter),
         ("rspamd-controller".to_string(), p.rspamd_controller),
+        ("auth".to_string(), p.auth),
     ];
     for ordinal in 0..layout.imap_replicas() {
         let i = layout.imap_instance(ordinal).ports;
@@ -301,7 +302,6 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
             (format!("imap-{ordinal}"), i.imap),
             (format!("imaps-{ordinal}"), i.imaps),
             (format!("lmtp-{ordinal}"), i.lmtp),
-            (format!("auth-{ordinal}"), i.auth),
             (format!("doveadm-{ordinal}"), i.doveadm),
         ]);
     }
@@ -347,12 +347,22 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
             name: format!("dovecot-{ordinal}"),
             program: sh.to_path_buf(),
             args: vec![config.join(scripts::IMAP_ENTRYPOINT).into()],
-            ports: vec![i.imap, i.imaps, i.lmtp, i.auth, i.doveadm],
+            ports: vec![i.imap, i.imaps, i.lmtp, i.doveadm],
             env: env(&[("POSTWARDEN_ORDINAL", ordinal.to_string())]),
             log: console(&format!("dovecot-{ordinal}")),
             main_pid_file: Some(inst.run_dir.join("dovecot/master.pid")),
         });
     }
+    // The MTA pod's auth sidecar: Postfix's SASL server.
+    specs.push(Spec {
+        name: "dovecot-auth".into(),
+        program: sh.to_path_buf(),
+        args: vec![config.join(scripts::AUTH_ENTRYPOINT).into()],
+        ports: vec![p.auth],
+        env: env(&[]),
+        log: console("dovecot-auth"),
+        main_pid_file: Some(layout.auth_run_dir().join("dovecot/master.pid")),
+    });
     specs.push(Spec {
         name: "postfix".into(),
         program: sh.to_path_buf(),

@@ -246,7 +246,13 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
         ],
         pod_disruption_budgets: vec![pdb::build_mta(&domain), pdb::build_imap(&domain)],
         stateful_sets: vec![
-            mta::build(&domain, &inputs.images.mta, mta_checksum, &tls_secret),
+            mta::build(
+                &domain,
+                &inputs.images.mta,
+                &inputs.images.imap,
+                mta_checksum,
+                &tls_secret,
+            ),
             imap::build(&domain, &inputs.images.imap, imap_checksum, &tls_secret),
         ],
         cron_jobs: crate::resources::backup::build_cronjob(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
@@ -440,6 +441,12 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
             &[][..],
             Some(crate::resources::ids::POSTFIX),
         ),
+        (
+            &c.stateful_sets[0],
+            mta::AUTH_CONTAINER,
+            &[][..],
+            Some(crate::resources::ids::DOVECOT),
+        ),
     ];
     for (sts, name, caps, user) in expect {
         let sc = container(sts, name).security_context.as_ref().unwrap();
@@ -502,6 +509,70 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
 }
 
 #[test]
+fn submission_auth_stays_on_the_mta_pods_loopback() {
+    let fx = Fixture::quickstart();
+    let c = fx.desired();
+    let layout = crate::resources::Domain::new(fx.md(), "mail").layout();
+    let auth = i32::from(layout.ports.auth);
+    // No Service and no NetworkPolicy carries the auth port, and no container declares it.
+    for svc in &c.services {
+        for port in svc.spec.as_ref().unwrap().ports.iter().flatten() {
+            assert_ne!(port.port, auth, "{:?}", svc.metadata.name);
+            assert_ne!(port.name.as_deref(), Some("auth"));
+        }
+    }
+    for np in &c.network_policies {
+        for rule in np.spec.as_ref().unwrap().ingress.iter().flatten() {
+            for port in rule.ports.iter().flatten() {
+                assert_ne!(
+                    port.port,
+                    Some(IntOrString::Int(auth)),
+                    "{:?}",
+                    np.metadata.name
+                );
+            }
+        }
+    }
+    for sts in &c.stateful_sets {
+        for ctr in &pod(sts).containers {
+            for port in ctr.ports.iter().flatten() {
+                assert_ne!(port.container_port, auth, "{}", ctr.name);
+            }
+        }
+    }
+    // Postfix asks the sidecar of its own pod, which runs Dovecot from the IMAP image.
+    let mta_config = c
+        .config_maps
+        .iter()
+        .find(|cm| cm.metadata.name.as_deref() == Some("example-com-mta-config"))
+        .unwrap();
+    let data = mta_config.data.as_ref().unwrap();
+    let main = &data[crate::config::postfix::MAIN_CF];
+    assert!(
+        main.contains(&format!("\nsmtpd_sasl_path = inet:127.0.0.1:{auth}\n")),
+        "{main}"
+    );
+    assert!(data.contains_key(crate::config::dovecot_auth::DOVECOT_AUTH_CONF));
+    let sidecar = container(&c.stateful_sets[0], mta::AUTH_CONTAINER);
+    assert_eq!(
+        sidecar.image,
+        container(&c.stateful_sets[1], "dovecot").image
+    );
+    let probe = sidecar
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap();
+    assert!(probe
+        .command
+        .iter()
+        .flatten()
+        .any(|a| a.ends_with(crate::config::dovecot_auth::DOVECOT_AUTH_CONF)));
+}
+
+#[test]
 fn mounts_follow_the_layout_and_refresh_in_place() {
     let fx = Fixture::quickstart();
     let c = fx.desired();
@@ -539,6 +610,29 @@ fn mounts_follow_the_layout_and_refresh_in_place() {
     assert_eq!(dovecot["secrets"], (path(layout.secrets_dir()), true));
     assert_eq!(dovecot["mail"], (path(layout.mail_dir()), false));
     assert!(!dovecot.contains_key("dkim") && !dovecot.contains_key("maps"));
+    // In the MTA pod only the auth sidecar reads the users database, the same way.
+    let auth = mounts(&c.stateful_sets[0], mta::AUTH_CONTAINER);
+    assert_eq!(auth["users"], (path(layout.users_dir()), true));
+    assert_eq!(auth["config"], (path(layout.config_dir()), true));
+    assert_eq!(auth["auth-run"], (path(layout.auth_run_dir()), false));
+    assert_eq!(auth.len(), 3, "no TLS, maps, queue or DKIM: {auth:?}");
+    for other in ["postfix", "rspamd", "postfix-exporter"] {
+        assert!(!mounts(&c.stateful_sets[0], other).contains_key("users"));
+    }
+    assert_eq!(
+        pod(&c.stateful_sets[0])
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "users"),
+        pod(&c.stateful_sets[1])
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "users"),
+    );
 
     // The users volume projects all sixteen shards as `<hex>.passwd`.
     let volumes = pod(&c.stateful_sets[1]).volumes.as_ref().unwrap();

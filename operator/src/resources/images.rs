@@ -32,7 +32,7 @@ pub const DEFAULT_IMAP_IMAGE: &str = concat!(
 pub struct Images {
     /// Postfix and the Rspamd sidecar.
     pub mta: String,
-    /// Dovecot.
+    /// Dovecot: the IMAP pods and the MTA pods' auth sidecar.
     pub imap: String,
 }
 

@@ -97,6 +97,9 @@ pub mod ids {
     /// Postfix's user and group (`postfix` of the mail-mta image), which owns the queue; the
     /// queue exporter runs as it to reach the `showq` socket.
     pub const POSTFIX: i64 = 101;
+    /// Dovecot's internal user and group (`dovecot` of the mail-imap image), which the MTA
+    /// pods' auth sidecar runs as (`config::dovecot_auth::USER`).
+    pub const DOVECOT: i64 = 104;
 }
 
 /// Keys of the Secrets and ConfigMaps whose files the daemons read, by mount.

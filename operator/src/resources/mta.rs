@@ -1,5 +1,7 @@
 //! The MTA StatefulSet `<md>-mta`: Postfix with Rspamd as a sidecar milter (inbound SPF,
-//! DKIM and DMARC checks, spam scoring; outbound DKIM signing). The mail queue lives on a
+//! DKIM and DMARC checks, spam scoring; outbound DKIM signing) and an auth-only Dovecot as
+//! its SASL server on loopback (`config::dovecot_auth`), so submission passwords never cross
+//! the pod network and submission does not depend on the IMAP pods. The mail queue lives on a
 //! per-pod volume so a restarted pod resumes it.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -9,12 +11,13 @@ use super::pod::{self, caps, DefaultResources, RunAs};
 use super::service::{self, NamedPort};
 use super::stateful_set::{self, Shape};
 use super::{ids, Domain};
-use crate::config::scripts;
+use crate::config::{dovecot_auth, scripts};
 use crate::names::Component;
 
 pub const POSTFIX_CONTAINER: &str = "postfix";
 pub const RSPAMD_CONTAINER: &str = "rspamd";
 pub const EXPORTER_CONTAINER: &str = "postfix-exporter";
+pub const AUTH_CONTAINER: &str = "dovecot-auth";
 
 /// The capabilities of the Postfix container (see [`caps`] for why each is needed). Postfix
 /// runs without chroot, so SYS_CHROOT stays dropped.
@@ -38,6 +41,11 @@ const EXPORTER_RESOURCES: DefaultResources = DefaultResources {
     memory_request: "32Mi",
     memory_limit: "128Mi",
 };
+const AUTH_RESOURCES: DefaultResources = DefaultResources {
+    cpu_request: "20m",
+    memory_request: "32Mi",
+    memory_limit: "128Mi",
+};
 const RSPAMD_RESOURCES: DefaultResources = DefaultResources {
     cpu_request: "100m",
     memory_request: "256Mi",
@@ -56,11 +64,13 @@ pub fn queue_volume_root(layout: &crate::config::Layout) -> std::path::PathBuf {
 /// The StatefulSet `<md>-mta`.
 ///
 /// - `image`: the MTA image (Postfix and Rspamd).
+/// - `auth_image`: the IMAP image, whose Dovecot runs the auth sidecar.
 /// - `config_checksum`: checksum of the MTA ConfigMap, which rolls the pods when it changes.
 /// - `tls_secret`: the Secret with `tls.crt`/`tls.key` (depends on `spec.tls`).
 pub fn build(
     domain: &Domain,
     image: &str,
+    auth_image: &str,
     config_checksum: String,
     tls_secret: &str,
 ) -> StatefulSet {
@@ -153,8 +163,33 @@ pub fn build(
         ..Container::default()
     };
 
+    // Postfix's SASL server: Dovecot auth on loopback only (no container port: nothing outside
+    // the pod may reach it), as Dovecot's own unprivileged user without any capability.
+    let auth_conf = config_dir
+        .join(dovecot_auth::DOVECOT_AUTH_CONF)
+        .display()
+        .to_string();
+    let auth_status = ["doveadm", "-c", auth_conf.as_str(), "service", "status"];
+    let auth = Container {
+        name: AUTH_CONTAINER.into(),
+        image: Some(auth_image.into()),
+        command: Some(entry(scripts::AUTH_ENTRYPOINT)),
+        resources: Some(pod::resources(None, AUTH_RESOURCES)),
+        security_context: Some(pod::security_context(RunAs::User(ids::DOVECOT), &[])),
+        startup_probe: Some(pod::exec_probe(&auth_status, 2, 30)),
+        readiness_probe: Some(pod::exec_probe(&auth_status, 10, 3)),
+        liveness_probe: Some(pod::exec_probe(&auth_status, 30, 3)),
+        volume_mounts: Some(vec![
+            pod::mount("config", &config_dir, true),
+            pod::mount("users", layout.users_dir(), true),
+            pod::mount("auth-run", layout.auth_run_dir(), false),
+        ]),
+        ..Container::default()
+    };
+
     let volumes = vec![
         pod::config_map_volume("config", domain.names.mta_config()),
+        pod::users_volume("users", domain),
         pod::config_map_volume("maps", domain.names.maps()),
         pod::secret_volume("tls", tls_secret.to_string(), &[]),
         pod::secret_volume("dkim", domain.names.dkim(), &[]),
@@ -164,6 +199,8 @@ pub fn build(
         pod::empty_dir("tmp", "256Mi"),
         // Rspamd spools messages it scans; room for a few at the size limit.
         pod::empty_dir("rspamd-tmp", "2Gi"),
+        // The auth sidecar's base and state directories (sockets, pid file).
+        pod::empty_dir("auth-run", "16Mi"),
     ];
 
     stateful_set::build(
@@ -180,7 +217,7 @@ pub fn build(
                 domain,
                 Component::Mta,
                 ids::RSPAMD,
-                vec![postfix, rspamd, exporter],
+                vec![postfix, rspamd, exporter, auth],
                 volumes,
                 60,
             ),

@@ -19,8 +19,8 @@ use crate::names::Component;
 pub const METRICS_SCRAPER_LABEL: &str = "postwarden.dev/metrics-scraper";
 
 /// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; the queue exporter's and
-/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter port is
-/// pod-local and gets no rule.
+/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter and the auth
+/// sidecar listen on loopback only and get no rule.
 pub fn build_mta(domain: &Domain) -> NetworkPolicy {
     let ports = domain.layout().ports;
     policy(
@@ -34,19 +34,19 @@ pub fn build_mta(domain: &Domain) -> NetworkPolicy {
     )
 }
 
-/// NetworkPolicy `<md>-imap`: IMAP and IMAPS from anywhere; LMTP and auth from the MTA pods;
+/// NetworkPolicy `<md>-imap`: IMAP and IMAPS from anywhere; LMTP from the MTA pods;
 /// doveadm from the other IMAP pod (replication) and the backup jobs; metrics from this
 /// domain's pods and metrics scrapers.
 pub fn build_imap(domain: &Domain) -> NetworkPolicy {
     let ports = domain.layout().ports;
-    let [lmtp, auth, doveadm] = service::imap_internal_ports(&ports);
+    let [lmtp, doveadm] = service::imap_internal_ports(&ports);
     policy(
         domain,
         domain.names.imap(),
         Component::Imap,
         vec![
             open(&service::imap_ports(&ports)),
-            from(vec![pods(domain, Component::Mta)], &[lmtp, auth]),
+            from(vec![pods(domain, Component::Mta)], &[lmtp]),
             from(
                 vec![
                     pods(domain, Component::Imap),
@@ -188,7 +188,6 @@ mod tests {
         let rules = rules(&build_imap(&domain));
         let peers = |port: i32| rules.iter().find(|r| r.0 == port).unwrap().2.clone();
         assert_eq!(peers(24), ["mta"]);
-        assert_eq!(peers(12345), ["mta"]);
         assert_eq!(peers(12346), ["imap", "backup"]);
         assert_eq!(peers(9900), ["domain", "scraper"]);
         let np = build_imap(&domain);

@@ -253,8 +253,9 @@ pub fn secret_volume(volume: &str, secret: String, items: &[&str]) -> Volume {
 
 /// Mode of the users database files. Dovecot looks passwords up in its auth process, which
 /// runs as Dovecot's unprivileged internal user, not as root or the mail group, so the files
-/// are world-readable inside the Dovecot container (no other software runs there; login
-/// processes are chrooted away from them).
+/// are world-readable inside the containers that mount them: the IMAP pods' Dovecot and the
+/// MTA pods' auth sidecar (no other software runs there; login processes are chrooted away
+/// from them).
 pub const USERS_MODE: i32 = 0o444;
 
 /// The users database: all [`USER_SHARDS`] Secrets projected into one directory of

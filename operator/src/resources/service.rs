@@ -84,17 +84,14 @@ pub fn imap_ports(p: &Ports) -> [NamedPort; 2] {
     ]
 }
 
-/// Dovecot's internal ports: LMTP delivery and SASL auth (from Postfix), doveadm
-/// (replication between the IMAP pods, backup jobs).
-pub fn imap_internal_ports(p: &Ports) -> [NamedPort; 3] {
+/// Dovecot's internal ports: LMTP delivery (from Postfix), doveadm (replication between the
+/// IMAP pods, backup jobs). Postfix's SASL goes to the MTA pod's own auth sidecar over
+/// loopback, so no Service or NetworkPolicy carries an auth port.
+pub fn imap_internal_ports(p: &Ports) -> [NamedPort; 2] {
     [
         NamedPort {
             name: "lmtp",
             port: p.lmtp,
-        },
-        NamedPort {
-            name: "auth",
-            port: p.auth,
         },
         NamedPort {
             name: "doveadm",
@@ -154,8 +151,8 @@ pub fn build_mta_headless(domain: &Domain) -> Service {
     )
 }
 
-/// Headless Service `<md>-imap-hl`: LMTP, auth, doveadm and metrics of every Dovecot pod.
-/// Postfix delivers and authenticates through it, and each pod finds its replication peer
+/// Headless Service `<md>-imap-hl`: LMTP, doveadm and metrics of every Dovecot pod.
+/// Postfix delivers through it, and each pod finds its replication peer
 /// by the pod's DNS name under it. Not-ready addresses are published so two replicas that
 /// start together can reach each other to replicate before either is ready; Postfix retries
 /// another address when one refuses.
@@ -249,7 +246,7 @@ mod tests {
         assert_eq!(port_numbers(&build_imap(&domain)), [143, 993]);
         assert_eq!(
             port_numbers(&build_imap_headless(&domain)),
-            [24, 12345, 12346, 9900]
+            [24, 12346, 9900]
         );
     }
 
