@@ -299,6 +299,7 @@ EXPECTED_RULES = {
     ("", "services"): WRITE,
     ("", "serviceaccounts"): WRITE,
     ("", "persistentvolumeclaims"): ["get", "list", "watch"],
+    ("", "pods"): ["get", "list", "watch"],
     ("", "events"): ["create", "patch"],
     ("events.k8s.io", "events"): ["create", "patch"],
     ("apps", "statefulsets"): WRITE,
