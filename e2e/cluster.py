@@ -45,6 +45,7 @@ class Cluster:
     def clear_faults(self) -> None: ...
     def operator_writes(self, identity: str | None = None) -> dict[str, int] | None: ...
     def reset_writes(self) -> None: ...
+    def reconciles(self, identity: str) -> int | None: ...
 
     def lease_holder(self) -> str | None:
         """holderIdentity of the operator's leader Lease (found among all Leases by holder)."""
@@ -66,7 +67,9 @@ class EmulatedCluster(Cluster):
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.identities = [f"{OPERATOR_USER_PREFIX}{c}" for c in "abcdef"]
+        # A fresh identity (kubeconfig user, POD_NAME) per operator started, as a new pod would have.
+        self.identities = [f"{OPERATOR_USER_PREFIX}{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+        self.used: set[str] = set()
         self.emulator = EmulatorProcess(workdir, users=["tests", *self.identities])
         self.kube = Kube.from_kubeconfig(str(self.emulator.kubeconfig), "tests")
         self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
@@ -81,7 +84,8 @@ class EmulatedCluster(Cluster):
                                  f"{dead[0].logs()}")
 
     def start_operator(self, identity: str | None = None) -> str:
-        identity = identity or next(i for i in self.identities if i not in self.processes)
+        identity = identity or next(i for i in self.identities if i not in self.used)
+        self.used.add(identity)
         self.processes[identity] = OperatorProcess(
             self.workdir, self.emulator.kubeconfig, identity, namespace=OPERATOR_NAMESPACE,
             resync_seconds=RESYNC_SECONDS, metrics_port=free_port(), health_port=free_port())
@@ -144,6 +148,12 @@ class EmulatedCluster(Cluster):
 
     def reset_writes(self) -> None:
         self.emulator.reset()
+
+    def reconciles(self, identity: str) -> int:
+        """MailDomain reconciles the operator has run (its postwarden_reconciles counter)."""
+        text = metrics(self.processes[identity].metrics_port)
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("postwarden_reconciles_total{") and 'kind="MailDomain"' in line))
 
     def close(self) -> None:
         self.stop_all()
@@ -220,6 +230,9 @@ class RealCluster(Cluster):
 
     def reset_writes(self) -> None:
         pass
+
+    def reconciles(self, identity: str) -> None:
+        return None  # the pods' metrics port is not reachable from here
 
     def close(self) -> None:
         pass

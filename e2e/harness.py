@@ -121,6 +121,7 @@ class OperatorProcess:
             "POSTWARDEN_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             "POSTWARDEN_HEALTH_ADDR": f"127.0.0.1:{health_port}",
             "POSTWARDEN_LOG_FORMAT": "text",
+            "NO_COLOR": "1",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             **(extra_env or {}),
         }

@@ -22,3 +22,29 @@ fi
 if [ -f e2e/requirements.txt ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 fi
+
+# promtool checks and unit-tests the chart's alert rules. It ships in Debian's prometheus
+# package; only the promtool binary is extracted (no Prometheus service is installed or started).
+if ! command -v promtool >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  $SUDO install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
+
+# The Postfix queue exporter of the mail-mta image, for e2e/test_observability.py: like the
+# image, only the binary of Debian's package (the package would pull in systemd-sysv and rsyslog).
+if ! command -v prometheus-postfix-exporter >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus-postfix-exporter 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus-postfix-exporter)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus-postfix-exporter_*.deb | tar -x -C "$tmp" ./usr/bin/prometheus-postfix-exporter
+  $SUDO install -m 0755 "$tmp/usr/bin/prometheus-postfix-exporter" /usr/local/bin/prometheus-postfix-exporter
+  rm -rf "$tmp"
+fi

@@ -194,8 +194,7 @@ def test_quickstart_creates_owned_children_and_becomes_ready(cluster, ns, operat
     names = {f"{k} {n}" for k, n in kids}
     for expected in ["StatefulSet example-com-mta", "StatefulSet example-com-imap", "Service example-com-mta",
                      "Service example-com-imap", "Service example-com-imap-hl", "ConfigMap example-com-mta-config",
-                     "ConfigMap example-com-imap-config", "ServiceAccount example-com-mail",
-                     "CronJob example-com-backup"] + [f"Secret example-com-users-{i:x}" for i in range(USER_SHARDS)]:
+                     "ConfigMap example-com-imap-config", "ServiceAccount example-com-mail"] + [f"Secret example-com-users-{i:x}" for i in range(USER_SHARDS)]:
         assert expected in names, f"missing child {expected}; have {sorted(names)}"
     for (kind, name), obj in kids.items():
         refs = obj["metadata"].get("ownerReferences") or []
@@ -215,6 +214,15 @@ def test_quickstart_creates_owned_children_and_becomes_ready(cluster, ns, operat
             assert password not in text and base64.b64encode(password.encode()).decode() not in text, \
                 f"a plaintext password is in {kind} {name}"
     assert md["status"].get("mailboxes") == 2
+
+
+def test_quickstart_backup_schedule_becomes_an_owned_cronjob(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    md = converge(cluster, ns)
+    cronjob = wait_for("backup CronJob", lambda: kube.get_opt("CronJob", ns, f"{DOMAIN}-backup"), timeout=30)
+    assert cronjob["spec"]["schedule"] == "30 2 * * *"
+    assert any(r["uid"] == md["metadata"]["uid"] for r in cronjob["metadata"].get("ownerReferences") or [])
 
 
 def test_edit_maildomain_updates_children_and_observed_generation(cluster, ns, operator):
@@ -333,7 +341,11 @@ def test_steady_state_quiet(cluster, ns, operator):
     time.sleep(2)  # let the reconcile that Ready triggered finish
     cluster.reset_writes()
     versions = resource_versions(kube, ns)
+    before = cluster.reconciles(operator)
     sleep_until(time.monotonic() + 2 * RESYNC_SECONDS + 3)
+    after = cluster.reconciles(operator)
+    if before is not None:
+        assert after - before >= 2, f"expected two resyncs in the window, saw {after - before} reconciles"
     assert without_leases(cluster.operator_writes()) in ({}, None), \
         f"writes during two idle resyncs: {cluster.operator_writes()}"
     assert resource_versions(kube, ns) == versions, "objects changed during idle resyncs"

@@ -1,8 +1,9 @@
 """Mailboxes added, changed, suspended and removed take effect without restarting a daemon.
 
-Each test edits FILE and runs `postwarden local reload --dir DIR`, which re-renders the mounted
-ConfigMaps and Secrets as the operator would update them; the daemons' own reload path picks
-the change up. The daemons' pids and start times must stay the same.
+FILE is edited once with all four changes and applied with `postwarden local reload --dir DIR`,
+which re-renders the mounted ConfigMaps and Secrets as the operator would update them; the
+daemons' own reload path (the entrypoints' watchers) picks the change up. Each test checks one
+effect; the daemons' pids and start times must stay the same throughout.
 """
 
 import imaplib
@@ -15,6 +16,7 @@ import pytest
 from clients import IMAPS, SMTP, wait_for
 from manifest import DOMAIN, mailbox
 
+
 def identities(stack):
     """{daemon: (pid, start time)} — a restarted daemon changes either."""
     out = {}
@@ -22,13 +24,6 @@ def identities(stack):
         stat = Path(f"/proc/{pid}/stat").read_text()
         out[name] = (pid, stat.rsplit(") ", 1)[1].split()[19])
     return out
-
-
-@pytest.fixture
-def unchanged_daemons(stack):
-    before = identities(stack)
-    yield
-    assert identities(stack) == before, "no daemon was restarted"
 
 
 def imap_login(stack, tls, local_part, password, instance=0):
@@ -86,39 +81,67 @@ def wait_logins(stack, tls, local_part, password, expected, what):
         ) from None
 
 
-def test_added_mailbox_receives_and_logs_in(stack, tls, unchanged_daemons):
-    password = "dave-Newly-Added-7"
-    assert rcpt_code(stack, "dave") == 550
-    stack.manifest.mailboxes["dave"] = mailbox("dave")
-    stack.manifest.passwords["dave"] = password
-    stack.reload()
-    wait_logins(stack, tls, "dave", password, (True, True, True), "dave's logins")
+DAVE_PASSWORD = "dave-Newly-Added-7"
+ERIN_NEW_PASSWORD = "erin-After-Change-8"
+
+
+@pytest.fixture(scope="module")
+def lifecycle(stack, tls):
+    """One edit of FILE with all four changes, applied by one `local reload`; each test below
+    checks its own effect. Asserts first that each mailbox starts in the opposite state, and
+    afterwards that no daemon was restarted."""
+    m = stack.manifest
+    with ThreadPoolExecutor(4) as pool:
+        checks = {
+            "dave": pool.submit(
+                lambda: (logins(stack, tls, "dave", DAVE_PASSWORD), rcpt_code(stack, "dave"))
+            ),
+            "erin": pool.submit(logins, stack, tls, "erin", m.passwords["erin"]),
+            "frank": pool.submit(logins, stack, tls, "frank", m.passwords["frank"]),
+            "grace": pool.submit(
+                lambda: (logins(stack, tls, "grace", m.passwords["grace"]), rcpt_code(stack, "grace"))
+            ),
+        }
+        before = {name: f.result() for name, f in checks.items()}
+    assert before == {
+        "dave": ((False, False, False), 550),
+        "erin": (True, True, True),
+        "frank": (True, True, True),
+        "grace": ((True, True, True), 250),
+    }
+    daemons = identities(stack)
+    old = {"erin": m.passwords["erin"], "frank": m.passwords["frank"], "grace": m.passwords["grace"]}
+
+    m.mailboxes["dave"] = mailbox("dave")
+    m.passwords["dave"] = DAVE_PASSWORD
+    m.passwords["erin"] = ERIN_NEW_PASSWORD
+    m.mailboxes["frank"]["spec"]["suspended"] = True
+    del m.mailboxes["grace"]
+    out = stack.reload()
+    assert "updated" in out.stdout, out.stdout
+    yield old
+    assert identities(stack) == daemons, "no daemon was restarted"
+
+
+def test_added_mailbox_receives_and_logs_in(stack, tls, lifecycle):
+    wait_logins(stack, tls, "dave", DAVE_PASSWORD, (True, True, True), "dave's logins")
     wait_for(lambda: rcpt_code(stack, "dave") == 250, "dave accepted at RCPT")
 
 
-def test_changed_password_replaces_the_old_one(stack, tls, unchanged_daemons):
-    old = stack.manifest.passwords["erin"]
-    new = "erin-After-Change-8"
-    assert logins(stack, tls, "erin", old) == (True, True, True)
-    stack.manifest.passwords["erin"] = new
-    stack.reload()
-    wait_logins(stack, tls, "erin", new, (True, True, True), "erin's new password")
-    assert logins(stack, tls, "erin", old) == (False, False, False)
+def test_changed_password_replaces_the_old_one(stack, tls, lifecycle):
+    wait_logins(stack, tls, "erin", ERIN_NEW_PASSWORD, (True, True, True), "erin's new password")
+    assert logins(stack, tls, "erin", lifecycle["erin"]) == (False, False, False)
 
 
-def test_suspended_mailbox_cannot_log_in_but_still_receives(stack, tls, unchanged_daemons):
-    password = stack.manifest.passwords["frank"]
-    assert logins(stack, tls, "frank", password) == (True, True, True)
-    stack.manifest.mailboxes["frank"]["spec"]["suspended"] = True
-    stack.reload()
-    wait_logins(stack, tls, "frank", password, (False, False, False), "frank's logins refused")
+def test_suspended_mailbox_cannot_log_in_but_still_receives(stack, tls, lifecycle):
+    wait_logins(
+        stack, tls, "frank", lifecycle["frank"], (False, False, False), "frank's logins refused"
+    )
     assert rcpt_code(stack, "frank") == 250, "mail for a suspended mailbox is still accepted"
 
 
-def test_removed_mailbox_is_gone(stack, tls, unchanged_daemons):
-    password = stack.manifest.passwords["grace"]
-    assert logins(stack, tls, "grace", password) == (True, True, True)
-    del stack.manifest.mailboxes["grace"]
-    stack.reload()
-    wait_logins(stack, tls, "grace", password, (False, False, False), "grace's logins refused")
+def test_removed_mailbox_is_gone(stack, tls, lifecycle):
+    wait_logins(
+        stack, tls, "grace", lifecycle["grace"], (False, False, False), "grace's logins refused"
+    )
     wait_for(lambda: rcpt_code(stack, "grace") == 550, "grace refused at RCPT")

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{quantity, MailDomain};
+use crate::api::MailDomain;
 use crate::config::{self, Layout, USER_SHARDS};
 use crate::manifest::Inputs;
 use crate::names::DomainNames;
@@ -42,6 +42,9 @@ pub struct Applied {
     pub dns_zone: String,
     /// Volumes (by mount directory) whose content changed.
     pub changed: Vec<String>,
+    /// Mailboxes and aliases left out of the users database, and why (the operator's
+    /// conditions say the same).
+    pub warnings: Vec<String>,
 }
 
 /// The single MailDomain of `inputs`, with its Mailboxes.
@@ -110,20 +113,15 @@ pub fn apply(
     };
 
     let internal = internal_secrets(store, &names)?;
-    let mailboxes = resolve_mailboxes(inputs, md, internal.hash_key.as_bytes())?;
+    let (mailboxes, warnings) = resolve_mailboxes(inputs, md, &internal.hash_key);
     let users = userdb::build(&md.spec, &mailboxes);
 
-    let mut config_files = BTreeMap::new();
-    for files in [
-        config::postfix::render(md, layout),
-        config::rspamd::render(md, layout),
-        config::dovecot::render(md, layout),
-        config::scripts::render(md, layout),
-    ] {
-        for (name, content) in files {
-            if config_files.insert(name.clone(), content).is_some() {
-                anyhow::bail!("two renderers produce the configuration file {name}");
-            }
+    // The MTA and the IMAP pods each mount their own ConfigMap at the config directory; on one
+    // host that directory holds both.
+    let mut config_files = config::mta_files(md, layout);
+    for (name, content) in config::imap_files(md, layout) {
+        if config_files.insert(name.clone(), content).is_some() {
+            anyhow::bail!("the MTA and IMAP ConfigMaps both have a file {name}");
         }
     }
 
@@ -187,9 +185,22 @@ pub fn apply(
     }
     Ok(Applied {
         trust_bundle,
-        dns_zone: crate::render::domain_zone(md, &state),
+        dns_zone: dns_zone(md, &state),
         changed,
+        warnings,
     })
+}
+
+/// The records to publish, with the DKIM keys in use (kept in DIR, reused by later runs).
+fn dns_zone(md: &MailDomain, state: &OfflineState) -> String {
+    let records = crate::dns::records(md, &state.dkim.published());
+    format!(
+        ";; MailDomain {}/{}: records to publish for {}, with the DKIM keys `postwarden local` signs with\n{}",
+        md.namespace().unwrap_or_default(),
+        md.name_any(),
+        md.spec.domain,
+        crate::dns::zone_file(&records)
+    )
 }
 
 fn text_payload(files: &BTreeMap<String, String>) -> Payload {
@@ -227,64 +238,205 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*group).gr_gid })
 }
 
-/// The Mailboxes of `md` with their passwords read from their Secrets and hashed.
+/// The users-database entries of `md`'s Mailboxes, decided as the operator's plan decides
+/// them: address conflicts settled by [`crate::plan::addresses::settle`], passwords hashed by
+/// [`crate::plan::resolve_mailbox`]. Mailboxes and aliases left out come back as warnings.
 fn resolve_mailboxes(
     inputs: &Inputs,
     md: &MailDomain,
-    salt_key: &[u8],
-) -> anyhow::Result<Vec<ResolvedMailbox>> {
+    hash_key: &str,
+) -> (Vec<ResolvedMailbox>, Vec<String>) {
     let namespace = md.namespace();
     let domain = md.spec.domain.to_ascii_lowercase();
-    let mut out = Vec::new();
-    for mb in &inputs.mailboxes {
-        if mb.spec.domain_ref.name != md.name_any() || mb.namespace() != namespace {
-            continue;
-        }
-        let what = || format!("Mailbox {}", mb.name_any());
+    let own: Vec<&crate::api::Mailbox> = inputs
+        .mailboxes
+        .iter()
+        .filter(|mb| mb.spec.domain_ref.name == md.name_any() && mb.namespace() == namespace)
+        .collect();
+    let mut settlement = crate::plan::addresses::settle(&domain, &own);
+    let mut resolved = Vec::new();
+    let mut warnings = Vec::new();
+    for mb in own {
+        let name = mb.name_any();
         let secret_ref = &mb.spec.password_secret_ref;
-        let secret = inputs
+        let password = inputs
             .secrets
             .iter()
             .find(|s| {
                 s.metadata.name.as_deref() == Some(&secret_ref.name) && s.namespace() == namespace
             })
-            .with_context(|| {
-                format!(
-                    "{}: password Secret {} is not in the input",
-                    what(),
-                    secret_ref.name
-                )
-            })?;
-        let password = crate::pki::secret_text(secret)
-            .remove(&secret_ref.key)
-            .with_context(|| {
-                format!(
-                    "{}: Secret {} has no key {}",
-                    what(),
-                    secret_ref.name,
-                    secret_ref.key
-                )
-            })?;
-        let local_part = mb.spec.normalized_local_part();
-        let address = format!("{local_part}@{domain}");
-        let password_hash = userdb::hash_password(&password, salt_key, &address)
-            .with_context(|| format!("{}: password", what()))?;
-        let quota_bytes = match &mb.spec.quota {
-            Some(q) => Some(
-                quantity::to_bytes(q)
-                    .with_context(|| format!("{}: quota {:?} is not a quantity", what(), q.0))?,
-            ),
-            None => None,
+            .and_then(|s| crate::pki::secret_text(s).remove(&secret_ref.key));
+        let outcome = match settlement.excluded.remove(&name) {
+            Some(exclusion) => Err(exclusion),
+            None => crate::plan::resolve_mailbox(mb, &domain, password.as_deref(), hash_key),
         };
-        out.push(ResolvedMailbox {
-            local_part,
-            password_hash,
-            aliases: mb.spec.aliases.clone(),
-            forward_to: mb.spec.forward_to.clone(),
-            keep_copy: mb.spec.keep_copy,
-            quota_bytes,
-            suspended: mb.spec.suspended,
-        });
+        match outcome {
+            Ok(mut entry) => {
+                for (alias, why) in settlement.dropped_aliases.remove(&name).unwrap_or_default() {
+                    warnings.push(format!(
+                        "Mailbox {name}: alias {alias} left out ({}): {}",
+                        why.reason.as_str(),
+                        why.message
+                    ));
+                    entry.aliases.retain(|a| *a != alias);
+                }
+                resolved.push(entry);
+            }
+            Err(exclusion) => warnings.push(format!(
+                "Mailbox {name} left out ({}): {}",
+                exclusion.reason.as_str(),
+                exclusion.message
+            )),
+        }
     }
-    Ok(out)
+    (resolved, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+apiVersion: postwarden.dev/v1alpha1
+kind: MailDomain
+metadata: {name: lab, namespace: mail}
+spec: {domain: lab.example, imap: {replicas: 2}}
+---
+apiVersion: postwarden.dev/v1alpha1
+kind: Mailbox
+metadata: {name: alice, namespace: mail}
+spec: {domainRef: {name: lab}, localPart: alice, passwordSecretRef: {name: alice}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: alice, namespace: mail}
+stringData: {password: first-password}
+"#;
+
+    fn inputs(text: &str) -> Inputs {
+        let mut inputs = Inputs::default();
+        crate::manifest::load_str(std::path::Path::new("test.yaml"), text, &mut inputs).unwrap();
+        inputs
+    }
+
+    fn changed_dirs(applied: &Applied, layout: &Layout) -> Vec<String> {
+        let root = layout.root.display().to_string();
+        applied
+            .changed
+            .iter()
+            .map(|d| d.trim_start_matches(&root).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn applies_like_the_operator_and_only_rewrites_what_changed() {
+        let dir = std::env::temp_dir().join(format!(
+            "postwarden-apply-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        ));
+        let layout = Layout::local(&dir, 20_000, 2);
+        let store = Store::new(&dir, Some("mail".into()));
+        let now = Timestamp::now();
+        let first = inputs(FILE);
+        let md = the_domain(&first).unwrap();
+
+        let applied = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        assert_eq!(applied.changed.len(), 6, "every volume written");
+        for file in [
+            "main.cf",
+            "dovecot-1.conf",
+            "rspamd.conf",
+            "mta-entrypoint.sh",
+        ] {
+            assert!(layout.config_dir().join(file).is_file(), "{file}");
+        }
+        let shards = std::fs::read_dir(layout.users_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".passwd")
+            })
+            .count();
+        assert_eq!(shards, USER_SHARDS);
+        let address = "alice@lab.example";
+        let shard = std::fs::read_to_string(
+            layout
+                .users_dir()
+                .join(userdb::shard_file_name(userdb::shard_of(address))),
+        )
+        .unwrap();
+        assert!(
+            shard.starts_with("alice@lab.example:{SHA512-CRYPT}$6$"),
+            "{shard}"
+        );
+        assert!(!shard.contains("first-password"));
+        assert!(applied.trust_bundle.contains("BEGIN CERTIFICATE"));
+        assert!(applied.dns_zone.contains("._domainkey.lab.example."));
+
+        // The same input again: keys and hashes are kept, nothing is rewritten.
+        let again = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        assert!(again.changed.is_empty(), "{:?}", again.changed);
+        assert_eq!(again.dns_zone, applied.dns_zone);
+
+        // A new password touches the users database only.
+        let second = inputs(&FILE.replace("first-password", "second-password"));
+        let md2 = the_domain(&second).unwrap();
+        let changed = apply(&second, md2, &layout, &store, Options::default(), now).unwrap();
+        assert_eq!(changed_dirs(&changed, &layout), ["/etc/postwarden/users"]);
+
+        // A rotated certificate touches the TLS Secret only, from the same CA.
+        let tls_before = std::fs::read_to_string(layout.tls_dir().join("tls.crt")).unwrap();
+        let rotate = Options {
+            rotate_certificate: true,
+        };
+        let rotated = apply(&second, md2, &layout, &store, rotate, now).unwrap();
+        assert_eq!(changed_dirs(&rotated, &layout), ["/etc/postwarden/tls"]);
+        let tls_after = std::fs::read_to_string(layout.tls_dir().join("tls.crt")).unwrap();
+        assert_ne!(tls_before, tls_after);
+        assert_eq!(rotated.trust_bundle, applied.trust_bundle);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn mailboxes_left_out_are_named_as_the_operator_would() {
+        let text = FILE.replace(
+            "metadata: {name: alice, namespace: mail}\nstringData",
+            "metadata: {name: other, namespace: mail}\nstringData",
+        ) + r#"
+---
+apiVersion: postwarden.dev/v1alpha1
+kind: Mailbox
+metadata: {name: bob, namespace: mail}
+spec: {domainRef: {name: lab}, localPart: bob, aliases: [alice], passwordSecretRef: {name: other}}
+"#;
+        let inputs = inputs(&text);
+        let md = the_domain(&inputs).unwrap();
+        let (resolved, warnings) = resolve_mailboxes(&inputs, md, "key");
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].local_part, "bob");
+        assert!(
+            resolved[0].aliases.is_empty(),
+            "alice is a local part, not bob's alias"
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        let has = |prefix: &str| warnings.iter().any(|w| w.starts_with(prefix));
+        assert!(
+            has("Mailbox alice left out (PasswordSecretMissing)"),
+            "{warnings:?}"
+        );
+        assert!(
+            has("Mailbox bob: alias alice left out (AddressConflict)"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn exactly_one_domain_is_required() {
+        let none = the_domain(&Inputs::default()).unwrap_err().to_string();
+        assert!(none.contains("no MailDomain"), "{none}");
+    }
 }

@@ -8,16 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::process::{Child, Command};
 
-/// How a daemon is told to stop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// SIGTERM to the process that was started.
-    Terminate,
-    /// SIGTERM to the pid written in this file. Postfix's `start-fg` runs the master under a
-    /// wrapper script; only the master itself shuts the mail system down cleanly.
-    PidFile(PathBuf),
-}
-
 /// What to run and when it counts as up.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -31,9 +21,10 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// File receiving the process's stdout and stderr.
     pub log: PathBuf,
-    pub stop: Stop,
     /// Pid file of the daemon's main process when the started process is a wrapper (an
-    /// entrypoint script): reported as the daemon's pid, and checked to be gone after a stop.
+    /// entrypoint script, which stops its daemon on SIGTERM the way the daemon wants: Postfix
+    /// through SIGTERM to the master in `pid/master.pid`): reported as the daemon's pid, and
+    /// checked to be gone after a stop.
     pub main_pid_file: Option<PathBuf>,
 }
 
@@ -41,6 +32,7 @@ pub struct Spec {
 pub struct Daemon {
     spec: Spec,
     child: Child,
+    started: Instant,
 }
 
 impl Daemon {
@@ -65,7 +57,11 @@ impl Daemon {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} ({})", spec.name, spec.program.display()))?;
-        Ok(Self { spec, child })
+        Ok(Self {
+            spec,
+            child,
+            started: Instant::now(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -85,15 +81,15 @@ impl Daemon {
         }
     }
 
-    /// Waits until every port accepts a connection; fails with the log's tail when the
-    /// process exits first or `deadline` passes.
-    pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
+    /// Waits until every port listens; fails with the log's tail when the process exits first
+    /// or `deadline` passes. Returns how long the daemon took since it was started.
+    pub async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<Duration> {
         let mut pending = self.spec.ports.clone();
         loop {
             let listening = listening_ports().await;
             pending.retain(|p| !listening.contains(p));
             if pending.is_empty() {
-                return Ok(());
+                return Ok(self.started.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!(
@@ -120,16 +116,13 @@ impl Daemon {
         self.child.wait().await
     }
 
-    /// Asks the daemon to stop and waits up to `grace`, then kills its whole process group.
+    /// Sends SIGTERM and waits up to `grace`, then kills the process group. A main process that
+    /// outlives its wrapper is killed too, and reported.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
         let main = self.main_pid();
         let deadline = Instant::now() + grace;
         if self.child.try_wait()?.is_none() {
-            let target = match &self.spec.stop {
-                Stop::Terminate => self.child.id(),
-                Stop::PidFile(path) => read_pid(path).or(self.child.id()),
-            };
-            if let Some(pid) = target {
+            if let Some(pid) = self.child.id() {
                 signal(pid as i32, libc::SIGTERM);
             }
             if tokio::time::timeout(grace, self.child.wait())
@@ -257,7 +250,6 @@ mod tests {
             ports: vec![port],
             env: vec![],
             log: dir.join(format!("{name}.log")),
-            stop: Stop::Terminate,
             main_pid_file: None,
         }
     }
@@ -305,7 +297,6 @@ mod tests {
             ports: vec![free_port()],
             env: vec![],
             log: dir.join("broken.log"),
-            stop: Stop::Terminate,
             main_pid_file: None,
         };
         let mut d = Daemon::spawn(spec).unwrap();
@@ -319,38 +310,63 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn stop_signals_the_pid_in_the_pid_file() {
-        let dir = scratch("pidfile");
-        // The started process is a wrapper that exits once the real daemon (its child) stops,
-        // like postfix-script around the Postfix master.
+    /// A wrapper like the entrypoints: starts the "daemon" (`sleep`), writes its pid file, and
+    /// on SIGTERM runs `on_term` before waiting for it.
+    fn wrapper(dir: &Path, on_term: &str) -> (Spec, PathBuf) {
         let pidfile = dir.join("master.pid");
+        let script = format!(
+            "sleep 60 & echo \"   $!\" > {pid}; trap '{on_term}' TERM; wait; wait",
+            pid = pidfile.display()
+        );
         let spec = Spec {
             name: "wrapped".into(),
             program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                format!("sleep 60 & echo \"   $!\" > {}; wait", pidfile.display()).into(),
-            ],
+            args: vec!["-c".into(), script.into()],
             ports: vec![],
             env: vec![],
             log: dir.join("wrapped.log"),
-            stop: Stop::PidFile(pidfile.clone()),
             main_pid_file: Some(pidfile.clone()),
         };
-        let mut d = Daemon::spawn(spec).unwrap();
-        d.wait_ready(Instant::now() + Duration::from_secs(5))
-            .await
-            .unwrap();
+        (spec, pidfile)
+    }
+
+    async fn started(spec: Spec, pidfile: &Path) -> (Daemon, u32) {
+        let d = Daemon::spawn(spec).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while read_pid(&pidfile).is_none() && Instant::now() < deadline {
+        while read_pid(pidfile).is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let inner = read_pid(&pidfile).expect("pid file written");
-        let started = Instant::now();
+        let inner = read_pid(pidfile).expect("pid file written");
+        assert_eq!(d.main_pid(), Some(inner));
+        (d, inner)
+    }
+
+    #[tokio::test]
+    async fn a_wrapper_stops_its_daemon_on_sigterm() {
+        let dir = scratch("wrapper");
+        let (spec, pidfile) = wrapper(&dir, "kill $!");
+        let (d, inner) = started(spec, &pidfile).await;
         d.stop(Duration::from_secs(10)).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(!alive(inner), "the inner process is gone");
+        assert!(!alive(inner), "the daemon is gone");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_daemon_outliving_its_wrapper_is_killed_and_reported() {
+        let dir = scratch("orphan");
+        let (spec, pidfile) = wrapper(&dir, "exit 0");
+        let (d, inner) = started(spec, &pidfile).await;
+        let err = d
+            .stop(Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outlived its entrypoint"), "{err}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(inner) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(inner), "the daemon was killed");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -18,6 +18,8 @@ pub const DNS_TXT: &str = "dns.txt";
 pub struct Ready {
     /// Seconds from the start of `local up` until every daemon listened.
     pub ready_seconds: f64,
+    /// Seconds from starting each daemon until it listened.
+    pub daemon_ready_seconds: BTreeMap<String, f64>,
     /// Pid of each daemon's main process (the Postfix master, the Dovecot masters, Rspamd's
     /// main process); a restarted daemon gets a new one.
     pub daemons: BTreeMap<String, u32>,

@@ -13,7 +13,7 @@ use crate::config::{scripts, Layout};
 use crate::manifest;
 
 use super::apply::{self, Applied};
-use super::daemon::{Spec, Stop};
+use super::daemon::Spec;
 use super::preflight::{self, Program};
 use super::ready::{self, Ready};
 use super::stack::Stack;
@@ -21,8 +21,9 @@ use super::store::Store;
 
 /// Default `--port-base`: SMTP on 10025, submission on 10587, IMAPS on 10993.
 pub const DEFAULT_PORT_BASE: u16 = 10_000;
-/// How long the daemons may take to listen. Rspamd compiles its rules on a cold start.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the daemons may take to listen. Rspamd compiles its rules on a cold start: ~10 s
+/// on an idle machine, minutes on a busy one.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the entrypoints look for changed files (`POSTWARDEN_WATCH_INTERVAL`): a local
 /// stack is for trying things, so changes show within a second.
 const WATCH_INTERVAL_SECONDS: &str = "1";
@@ -111,7 +112,10 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
                 dir.display()
             )
         })?)?;
-    let file = options.file.unwrap_or(settings.file);
+    let file = match options.file {
+        Some(file) => absolute(&file)?,
+        None => settings.file.clone(),
+    };
     let inputs = manifest::load_path(&file)?;
     let md = apply::the_domain(&inputs)?;
     let replicas = imap_replicas(md);
@@ -134,6 +138,12 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
         jiff::Timestamp::now(),
     )?;
     publish(&dir, &applied)?;
+    warn(&applied);
+    if file != settings.file {
+        // Later reloads read the file given last.
+        let settings = Settings { file, ..settings };
+        ready::write_atomic(&dir.join(SETTINGS), &serde_json::to_vec_pretty(&settings)?)?;
+    }
     if applied.changed.is_empty() {
         println!("nothing changed");
     }
@@ -154,7 +164,13 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = absolute(&options.dir)?;
     let layout = Layout::local(&dir, options.port_base, replicas);
-    let programs = preflight::find_programs(PROGRAMS)?;
+    preflight::find_programs(PROGRAMS)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "`local up` needs root, like the packaged mail services: Postfix and Dovecot start as root and drop privileges themselves (run it with sudo)"
+        );
+    }
     preflight::check_ports_free(&listening_ports(&layout))?;
     prepare_dir(&dir)?;
 
@@ -167,6 +183,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         apply::Options::default(),
         jiff::Timestamp::now(),
     )?;
+    warn(&applied);
     let settings = Settings {
         file: absolute(&options.file)?,
         port_base: options.port_base,
@@ -176,11 +193,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let sh = programs
-        .iter()
-        .find(|p| p.ends_with("sh"))
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("/bin/sh"));
+    let sh = preflight::find_program("sh").unwrap_or_else(|| PathBuf::from("/bin/sh"));
     let specs = daemon_specs(&layout, &sh, replicas);
     let mut stack = Stack::spawn(specs).await?;
     let started_up = tokio::select! {
@@ -188,15 +201,22 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted while starting")),
         _ = terminate.recv() => Err(anyhow::anyhow!("terminated while starting")),
     };
-    if let Err(e) = started_up {
-        stack.stop().await;
-        return Err(e);
-    }
+    let daemon_ready = match started_up {
+        Ok(took) => took,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e);
+        }
+    };
     let ready_seconds = started.elapsed().as_secs_f64();
 
     publish(&dir, &applied)?;
     let summary = Ready {
         ready_seconds,
+        daemon_ready_seconds: daemon_ready
+            .iter()
+            .map(|(name, took)| (name.clone(), took.as_secs_f64()))
+            .collect(),
         daemons: stack.main_pids().into_iter().collect(),
         ports: listening_ports(&layout).into_iter().collect(),
     };
@@ -204,7 +224,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         &dir.join(ready::READY),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
-    print_ready(md, &layout, &dir, ready_seconds);
+    print_ready(md, &layout, &dir, ready_seconds, &daemon_ready);
 
     let outcome = tokio::select! {
         _ = interrupt.recv() => Ok(()),
@@ -318,7 +338,6 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         ports: vec![p.milter, p.rspamd_controller],
         env: env(&[]),
         log: console("rspamd"),
-        stop: Stop::Terminate,
         main_pid_file: None,
     }];
     for ordinal in 0..replicas {
@@ -331,7 +350,6 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
             ports: vec![i.imap, i.imaps, i.lmtp, i.auth, i.doveadm],
             env: env(&[("POSTWARDEN_ORDINAL", ordinal.to_string())]),
             log: console(&format!("dovecot-{ordinal}")),
-            stop: Stop::Terminate,
             main_pid_file: Some(inst.run_dir.join("dovecot/master.pid")),
         });
     }
@@ -342,10 +360,15 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         ports: vec![p.smtp, p.submission, p.submissions],
         env: env(&[]),
         log: console("postfix"),
-        stop: Stop::Terminate,
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });
     specs
+}
+
+fn warn(applied: &Applied) {
+    for warning in &applied.warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// DIR/ca.crt and DIR/dns.txt.
@@ -355,7 +378,13 @@ fn publish(dir: &Path, applied: &Applied) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_ready(md: &crate::api::MailDomain, layout: &Layout, dir: &Path, seconds: f64) {
+fn print_ready(
+    md: &crate::api::MailDomain,
+    layout: &Layout,
+    dir: &Path,
+    seconds: f64,
+    daemon_ready: &[(String, Duration)],
+) {
     let p = &layout.ports;
     let host = md.spec.mail_hostname();
     let mut imap = BTreeMap::new();
@@ -378,5 +407,10 @@ fn print_ready(md: &crate::api::MailDomain, layout: &Layout, dir: &Path, seconds
     println!("  trust       {}", dir.join(ready::CA_CRT).display());
     println!("  DNS records {}", dir.join(ready::DNS_TXT).display());
     println!("  logs        {}", dir.join("var/log").display());
+    let each: Vec<String> = daemon_ready
+        .iter()
+        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+        .collect();
+    println!("  listening after: {}", each.join(", "));
     println!("Ctrl-C stops every daemon.");
 }
