@@ -169,29 +169,42 @@ class RealCluster(Cluster):
         self.kube = Kube.from_kubeconfig(kubeconfig)
         self.deployment = os.environ.get("POSTWARDEN_E2E_DEPLOYMENT", "postwarden")
         self.env = {**os.environ}
+        self.wanted = 1
+        self.seen: set[str] = set()  # operator pods already handed to tests
+        self.deleted = False
 
     def _kubectl(self, *args: str) -> str:
         return subprocess.run(["kubectl", "-n", OPERATOR_NAMESPACE, *args], check=True, capture_output=True,
                               text=True, env=self.env, timeout=300).stdout
 
     def _scale(self, replicas: int) -> None:
+        self.wanted = replicas
         self._kubectl("scale", f"deployment/{self.deployment}", f"--replicas={replicas}")
         self._kubectl("rollout", "status", f"deployment/{self.deployment}", "--timeout=180s")
         wait_for(f"{replicas} operator pods", lambda: len(self.running()) == replicas, timeout=180)
 
     def start_operator(self, identity: str | None = None) -> str:
-        before = set(self.running())
-        self._scale(len(before) + 1)
-        return next(iter(set(self.running()) - before))
+        """Another replica — or, after a pod was deleted, the replacement the Deployment makes."""
+        if self.deleted:
+            wait_for("a replacement operator pod", lambda: len(self.running()) == self.wanted and
+                     set(self.running()) - self.seen, timeout=300)
+            self.deleted = False
+        else:
+            self._scale(self.wanted + 1 if self.seen else 1)
+        new = sorted(set(self.running()) - self.seen) or self.running()
+        self.seen |= set(self.running())
+        return new[0]
 
     def stop_operator(self, identity: str, *, hard: bool = False) -> None:
         if hard:
             self._kubectl("delete", "pod", identity, "--grace-period=0", "--force", "--wait=false")
         else:
             self._kubectl("delete", "pod", identity, "--wait=true")
-        # The Deployment replaces the pod; the suite then sees a new identity.
+        self.deleted = True  # the Deployment replaces the pod under a new name
 
     def stop_all(self) -> None:
+        self.seen = set()
+        self.deleted = False
         self._scale(1)
 
     def running(self) -> list[str]:
