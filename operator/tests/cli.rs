@@ -329,6 +329,8 @@ fn run_serves_probes_and_metrics_waits_for_the_api_and_stops_on_sigterm() {
         );
     }
     assert!(logs.contains("shutdown requested"), "{logs}");
+}
+
 #[path = "support/pods.rs"]
 mod pods;
 
