@@ -153,6 +153,7 @@ def stack(sink):
         alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}
         if code != 0 or alive:
             print(s.log(), file=sys.stderr)
+            print(f"kept {directory} for inspection", file=sys.stderr)
         assert code == 0, f"local up exited {code} on SIGTERM"
         assert not alive, f"daemons still running after local up stopped: {alive}"
         if not os.environ.get("MAILPATH_KEEP_DIR"):

@@ -15,7 +15,8 @@ use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -25,10 +26,12 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
 
 use super::kinds::ChildKind;
-use super::mapping::{domain_secret_refs, mailbox_domain, owning_domain, DomainKey, SecretIndex};
+use super::mapping::{
+    domain_secret_refs, labelled_domain, mailbox_domain, owning_domain, DomainKey, SecretIndex,
+};
 use super::metrics::Metrics;
 use crate::api::{MailDomain, Mailbox};
-use crate::names::DOMAIN_LABEL;
+use crate::names::{Component, DOMAIN_LABEL};
 
 pub type DomainObj = DeserializeGuard<MailDomain>;
 pub type MailboxObj = DeserializeGuard<Mailbox>;
@@ -41,6 +44,9 @@ pub struct Stores {
     pub mailboxes: Store<MailboxObj>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub statefulsets: Store<StatefulSet>,
+    /// Jobs and Pods of the backup CronJobs (their results feed `status.lastBackup`).
+    pub backup_jobs: Store<Job>,
+    pub backup_pods: Store<Pod>,
     children: Arc<HashMap<ChildKind, MetaStore>>,
     pub secret_index: Arc<RwLock<SecretIndex>>,
     pub secret_data: Arc<SecretCache>,
@@ -53,6 +59,8 @@ impl Stores {
         self.mailboxes.wait_until_ready().await?;
         self.secrets.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
+        self.backup_jobs.wait_until_ready().await?;
+        self.backup_pods.wait_until_ready().await?;
         for store in self.children.values() {
             store.wait_until_ready().await?;
         }
@@ -113,6 +121,32 @@ impl Stores {
             );
         }
         out
+    }
+
+    /// The backup Jobs and their Pods of `namespace/domain`.
+    pub fn backup_runs(&self, namespace: &str, domain: &str) -> (Vec<Job>, Vec<Pod>) {
+        let mine = |m: &ObjectMeta| {
+            m.namespace.as_deref() == Some(namespace)
+                && m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(DOMAIN_LABEL))
+                    .is_some_and(|d| d == domain)
+        };
+        let jobs = self
+            .backup_jobs
+            .state()
+            .iter()
+            .filter(|j| mine(&j.metadata))
+            .map(|j| (**j).clone())
+            .collect();
+        let pods = self
+            .backup_pods
+            .state()
+            .iter()
+            .filter(|p| mine(&p.metadata))
+            .map(|p| (**p).clone())
+            .collect();
+        (jobs, pods)
     }
 
     pub fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
@@ -264,6 +298,8 @@ pub fn build(
     let mailbox_writer: Writer<MailboxObj> = Writer::default();
     let secret_writer: Writer<PartialObjectMeta<Secret>> = Writer::default();
     let sts_writer: Writer<StatefulSet> = Writer::default();
+    let job_writer: Writer<Job> = Writer::default();
+    let pod_writer: Writer<Pod> = Writer::default();
     let secret_index = Arc::new(RwLock::new(SecretIndex::default()));
     let secret_data = Arc::new(SecretCache::default());
 
@@ -300,10 +336,34 @@ pub fn build(
         mailboxes: mailbox_writer.as_reader(),
         secrets: secret_writer.as_reader(),
         statefulsets: sts_writer.as_reader(),
+        backup_jobs: job_writer.as_reader(),
+        backup_pods: pod_writer.as_reader(),
         children: Arc::new(child_stores),
         secret_index: secret_index.clone(),
         secret_data: secret_data.clone(),
     };
+
+    // Backup Jobs (a finished run updates the domain's status) and their Pods (for the result
+    // line each leaves as its termination message).
+    {
+        let backup_selector = watcher::Config::default().labels(&format!(
+            "{DOMAIN_LABEL},app.kubernetes.io/component={}",
+            Component::Backup.as_str()
+        ));
+        let stream =
+            watcher(api::<Job>(client, namespace), backup_selector.clone()).default_backoff();
+        let tx = tx.clone();
+        tasks.push(
+            drive("Job", reflector::reflector(job_writer, stream), move |ev| {
+                if let Some(domain) = live_meta(ev.map(|o| &o.metadata)).and_then(labelled_domain) {
+                    tx.domain(&domain);
+                }
+            })
+            .boxed(),
+        );
+        let stream = watcher(api::<Pod>(client, namespace), backup_selector).default_backoff();
+        tasks.push(drive("Pod", reflector::reflector(pod_writer, stream), |_| {}).boxed());
+    }
 
     // StatefulSets: full objects, for readiness.
     {

@@ -24,7 +24,7 @@ use super::desired::{MailboxInput, Resolved, SecretBytes};
 use super::error::Error;
 use super::informers::{DomainObj, MailboxObj};
 use super::kinds::ChildKind;
-use super::status::{self, reason, DomainObservation, MailboxState, Outcome, Workload};
+use super::status::{self, reason, Backups, DomainObservation, MailboxState, Outcome, Workload};
 use crate::api::conditions;
 use crate::api::{validate, MailDomain, Mailbox};
 use crate::config::layout::USER_SHARDS;
@@ -197,14 +197,33 @@ async fn reconcile_domain(
             },
         })
         .collect();
+    let backup = observe_backups(ctx, md, namespace, name, now);
     let obs = DomainObservation {
         outcome: Outcome::Applied { workloads },
         mailboxes: Some(desired.mailboxes),
         certificate: desired.certificate.clone(),
         dkim: desired.dkim.clone(),
         dns_records: Some(desired.dns_records.clone()),
+        backups: match &backup {
+            Some(o) => Backups::Observed(Box::new(o.clone())),
+            None => Backups::NotConfigured,
+        },
     };
     write_status(ctx, md, obs).await?;
+    if let Some(o) = backup {
+        ctx.metrics.set_backup(namespace, name, &o.metrics);
+        if let Some(e) = o.event {
+            let type_ = if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            ctx.publish(&md.object_ref(&()), type_, e.reason, "Backup", e.note)
+                .await;
+        }
+    } else {
+        ctx.metrics.clear_backup(namespace, name);
+    }
     tracing::debug!(
         mailboxes = mailboxes.len(),
         applied = report.applied.len(),
@@ -215,6 +234,29 @@ async fn reconcile_domain(
     );
     let wait = status::requeue_after(now, desired.scheduled.iter().copied(), ctx.resync);
     Ok(Action::requeue(wait))
+}
+
+/// What the backup CronJob's Jobs say, or `None` when the spec has no backups.
+fn observe_backups(
+    ctx: &Context,
+    md: &MailDomain,
+    namespace: &str,
+    name: &str,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<crate::backup::observe::Observation> {
+    let cronjob = ctx
+        .stores
+        .child_meta(
+            ChildKind::CronJob,
+            namespace,
+            &DomainNames::new(name).backup(),
+        )
+        .map(|metadata| k8s_openapi::api::batch::v1::CronJob {
+            metadata,
+            ..Default::default()
+        });
+    let (jobs, pods) = ctx.stores.backup_runs(namespace, name);
+    crate::backup::observe::observe_domain(md, cronjob.as_ref(), &jobs, &pods, now)
 }
 
 fn summarize(objects: &[(ChildKind, String)]) -> String {

@@ -44,6 +44,13 @@ pub fn owning_domain(meta: &ObjectMeta) -> Option<DomainKey> {
         .map(|o| DomainKey::new(namespace, &o.name))
 }
 
+/// The MailDomain named by an object's [`crate::names::DOMAIN_LABEL`] (for objects owned by
+/// a child rather than by the MailDomain, such as the backup CronJob's Jobs).
+pub fn labelled_domain(meta: &ObjectMeta) -> Option<DomainKey> {
+    let domain = meta.labels.as_ref()?.get(crate::names::DOMAIN_LABEL)?;
+    Some(DomainKey::new(meta.namespace.as_ref()?, domain))
+}
+
 /// The MailDomain a Mailbox belongs to.
 pub fn mailbox_domain(mailbox: &Mailbox) -> Option<DomainKey> {
     Some(DomainKey::new(
@@ -231,5 +238,20 @@ mod tests {
             ..meta.clone()
         };
         assert_eq!(owning_domain(&foreign), None);
+        let job = ObjectMeta {
+            namespace: Some("mail".into()),
+            labels: Some(
+                [(
+                    crate::names::DOMAIN_LABEL.to_string(),
+                    "example".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            labelled_domain(&job),
+            Some(DomainKey::new("mail", "example"))
+        );
     }
 }

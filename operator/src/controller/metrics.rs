@@ -22,6 +22,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabels {
+    pub namespace: String,
+    pub maildomain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: String,
     pub verb: String,
@@ -41,6 +47,9 @@ pub struct Metrics {
     pub leader: Gauge,
     pub managed_domains: Gauge,
     pub managed_mailboxes: Gauge,
+    pub backup_healthy: Family<DomainLabels, Gauge>,
+    pub backup_last_success: Family<DomainLabels, Gauge>,
+    pub backup_last_run_failed: Family<DomainLabels, Gauge>,
     caches_synced: AtomicBool,
 }
 
@@ -94,6 +103,24 @@ impl Metrics {
             "Mailboxes in the watch cache",
             managed_mailboxes.clone(),
         );
+        let backup_healthy = Family::<DomainLabels, Gauge>::default();
+        let backup_last_success = Family::<DomainLabels, Gauge>::default();
+        let backup_last_run_failed = Family::<DomainLabels, Gauge>::default();
+        registry.register(
+            "backup_healthy",
+            "1 while a MailDomain's BackupHealthy condition is true",
+            backup_healthy.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of a MailDomain's last successful backup",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_last_run_failed",
+            "1 when a MailDomain's newest finished backup run failed",
+            backup_last_run_failed.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -103,6 +130,9 @@ impl Metrics {
             leader,
             managed_domains,
             managed_mailboxes,
+            backup_healthy,
+            backup_last_success,
+            backup_last_run_failed,
             caches_synced: AtomicBool::new(false),
         }
     }
@@ -136,6 +166,44 @@ impl Metrics {
                 verb: verb.into(),
             })
             .inc();
+    }
+
+    /// Publishes the backup gauges of one MailDomain.
+    pub fn set_backup(
+        &self,
+        namespace: &str,
+        maildomain: &str,
+        m: &crate::backup::observe::BackupMetrics,
+    ) {
+        let labels = DomainLabels {
+            namespace: namespace.into(),
+            maildomain: maildomain.into(),
+        };
+        self.backup_healthy
+            .get_or_create(&labels)
+            .set(i64::from(m.healthy));
+        self.backup_last_run_failed
+            .get_or_create(&labels)
+            .set(i64::from(m.last_run_failed));
+        match m.last_success_unix {
+            Some(t) => {
+                self.backup_last_success.get_or_create(&labels).set(t);
+            }
+            None => {
+                self.backup_last_success.remove(&labels);
+            }
+        }
+    }
+
+    /// Drops the backup gauges of a MailDomain without backups.
+    pub fn clear_backup(&self, namespace: &str, maildomain: &str) {
+        let labels = DomainLabels {
+            namespace: namespace.into(),
+            maildomain: maildomain.into(),
+        };
+        self.backup_healthy.remove(&labels);
+        self.backup_last_success.remove(&labels);
+        self.backup_last_run_failed.remove(&labels);
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -66,6 +66,16 @@ pub enum Outcome {
     Applied { workloads: Vec<Workload> },
 }
 
+/// What is known about a domain's backups in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backups {
+    /// Not looked at: leave `lastBackup` and BackupHealthy as they are.
+    Unchanged,
+    /// The spec asks for no backups: BackupHealthy is removed (`lastBackup` stays as history).
+    NotConfigured,
+    Observed(Box<crate::backup::observe::Observation>),
+}
+
 /// Everything a MailDomain status is computed from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DomainObservation {
@@ -75,6 +85,7 @@ pub struct DomainObservation {
     pub certificate: Option<CertificateStatus>,
     pub dkim: Option<DkimStatus>,
     pub dns_records: Option<Vec<DnsRecord>>,
+    pub backups: Backups,
 }
 
 impl DomainObservation {
@@ -85,6 +96,7 @@ impl DomainObservation {
             certificate: None,
             dkim: None,
             dns_records: None,
+            backups: Backups::Unchanged,
         }
     }
 }
@@ -270,6 +282,17 @@ pub fn domain_status(
             generation,
             now,
         );
+    }
+    match obs.backups {
+        Backups::Unchanged => {}
+        Backups::NotConfigured => c.retain(|c| c.type_ != conditions::BACKUP_HEALTHY),
+        Backups::Observed(o) => {
+            let o = *o;
+            conditions::set(c, o.condition, generation, now);
+            if o.last_backup.is_some() {
+                status.last_backup = o.last_backup;
+            }
+        }
     }
     if obs.mailboxes.is_some() {
         status.mailboxes = obs.mailboxes;
@@ -610,6 +633,45 @@ mod tests {
         assert!(conditions::is_true(&s.conditions, conditions::DKIM_READY));
         assert_eq!(s.certificate.unwrap().secret_name, "d-tls");
         assert_eq!(s.dkim.unwrap().active_selector, "pw2026a");
+    }
+
+    #[test]
+    fn backup_condition_follows_the_observation_and_goes_with_the_spec() {
+        use crate::api::maildomain::BackupStatus;
+        use crate::backup::observe::{BackupMetrics, Observation};
+        let observed = Observation {
+            last_backup: Some(BackupStatus {
+                time: "2026-01-01T02:31:00Z".into(),
+                result: "Succeeded".into(),
+                mailboxes: Some(2),
+                bytes: Some(100),
+                snapshot: Some("abc".into()),
+            }),
+            condition: Desired::new(conditions::BACKUP_HEALTHY, true, "BackupSucceeded", "ok"),
+            event: None,
+            metrics: BackupMetrics::default(),
+        };
+        let obs = DomainObservation {
+            backups: Backups::Observed(Box::new(observed)),
+            ..applied(vec![])
+        };
+        let s = domain_status(None, 1, obs, ts("2026-01-01T03:00:00Z"));
+        assert!(conditions::is_true(
+            &s.conditions,
+            conditions::BACKUP_HEALTHY
+        ));
+        assert_eq!(
+            s.last_backup.as_ref().unwrap().snapshot.as_deref(),
+            Some("abc")
+        );
+
+        let obs = DomainObservation {
+            backups: Backups::NotConfigured,
+            ..applied(vec![])
+        };
+        let s = domain_status(Some(&s), 2, obs, ts("2026-01-02T00:00:00Z"));
+        assert!(conditions::find(&s.conditions, conditions::BACKUP_HEALTHY).is_none());
+        assert!(s.last_backup.is_some(), "the last backup stays as history");
     }
 
     #[test]
