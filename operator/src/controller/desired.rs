@@ -39,8 +39,8 @@ pub struct Resolved {
     /// The domain's Mailboxes with a valid spec, sorted by name.
     pub mailboxes: Vec<MailboxInput>,
     /// The existing Secrets holding state the operator generated earlier (CA, serving
-    /// certificate, DKIM keys, internal secrets, users database shards) or that the spec
-    /// names (`tls.secretName`), by name. Absent when not created yet.
+    /// certificate, DKIM keys, internal secrets) or that the spec names (`tls.secretName`),
+    /// by name. Absent when not created yet.
     pub secrets: BTreeMap<String, Secret>,
     pub now: Timestamp,
 }

@@ -197,7 +197,8 @@ impl SecretCache {
             .map(|(_, s)| s.clone())
     }
 
-    pub fn put(&self, secret: Secret) -> Arc<Secret> {
+    pub fn put(&self, mut secret: Secret) -> Arc<Secret> {
+        slim(&mut secret);
         let secret = Arc::new(secret);
         if let (Some(ns), Some(name), Some(rv)) = (
             secret.metadata.namespace.clone(),
@@ -318,7 +319,9 @@ pub fn build(
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
-        let stream = watcher(api, owned_selector.clone()).default_backoff();
+        let stream = watcher(api, owned_selector.clone())
+            .modify(slim)
+            .default_backoff();
         let tx = tx.clone();
         let domains = domain_writer.as_reader();
         tasks.push(
@@ -350,8 +353,9 @@ pub fn build(
             "{DOMAIN_LABEL},app.kubernetes.io/component={}",
             Component::Backup.as_str()
         ));
-        let stream =
-            watcher(api::<Job>(client, namespace), backup_selector.clone()).default_backoff();
+        let stream = watcher(api::<Job>(client, namespace), backup_selector.clone())
+            .modify(slim)
+            .default_backoff();
         let tx = tx.clone();
         tasks.push(
             drive("Job", reflector::reflector(job_writer, stream), move |ev| {
@@ -361,7 +365,9 @@ pub fn build(
             })
             .boxed(),
         );
-        let stream = watcher(api::<Pod>(client, namespace), backup_selector).default_backoff();
+        let stream = watcher(api::<Pod>(client, namespace), backup_selector)
+            .modify(slim)
+            .default_backoff();
         tasks.push(drive("Pod", reflector::reflector(pod_writer, stream), |_| {}).boxed());
     }
 
@@ -371,6 +377,7 @@ pub fn build(
             api::<StatefulSet>(client, namespace),
             owned_selector.clone(),
         )
+        .modify(slim)
         .default_backoff();
         let tx = tx.clone();
         let domains = stores.domains.clone();
@@ -390,6 +397,7 @@ pub fn build(
             api::<PartialObjectMeta<Secret>>(client, namespace),
             watcher::Config::default(),
         )
+        .modify(slim)
         .default_backoff();
         let tx = tx.clone();
         let domains = stores.domains.clone();
@@ -448,6 +456,7 @@ pub fn build(
             api::<MailboxObj>(client, namespace),
             watcher::Config::default(),
         )
+        .modify(slim)
         .default_backoff();
         let tx = tx.clone();
         let index = secret_index.clone();
@@ -515,6 +524,7 @@ pub fn build(
             api::<DomainObj>(client, namespace),
             watcher::Config::default(),
         )
+        .modify(slim)
         .default_backoff();
         let tx = tx.clone();
         let mailboxes = stores.mailboxes.clone();
@@ -597,6 +607,18 @@ pub fn build(
         all,
     )
 }
+
+/// Drops what the operator never reads from cached objects: `managedFields`, and kubectl's
+/// last-applied annotation (a full copy of the object — for a Secret, its data).
+fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The metadata of a live (post-initial-list) change, if the event is one.
 fn live_meta(ev: Event<&ObjectMeta>) -> Option<&ObjectMeta> {

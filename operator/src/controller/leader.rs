@@ -60,6 +60,17 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, expired: bool) -> Step {
     }
 }
 
+/// Outcome of one election round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Round {
+    /// This candidate holds the lease.
+    Leading,
+    /// Another candidate holds it.
+    Following(String),
+    /// A concurrent write won this round; nothing is known until the next.
+    Contended,
+}
+
 /// The lease record a candidate watches for changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct RecordKey {
@@ -121,8 +132,8 @@ impl Elector {
         }
     }
 
-    /// One round: returns whether this candidate holds the lease afterwards.
-    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// One round: whether this candidate holds the lease afterwards.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<Round, kube::Error> {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.settings.name).await?;
         let spec = current
@@ -154,7 +165,7 @@ impl Elector {
             expired,
         );
         let result = match step {
-            Step::Follow(_) => return Ok(false),
+            Step::Follow(holder) => return Ok(Round::Following(holder)),
             Step::Create => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -183,9 +194,10 @@ impl Elector {
                 if let Some(spec) = &lease.spec {
                     self.observed = Some((RecordKey::of(spec), Instant::now()));
                 }
-                Ok(true)
+                Ok(Round::Leading)
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            // Someone wrote the lease between our read and write: look again next round.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Contended),
             Err(e) => Err(e),
         }
     }
@@ -220,14 +232,17 @@ impl Elector {
 pub enum LeadError {
     #[error("lost the leader lease: not renewed within {0:?}")]
     Lost(Duration),
+    #[error("lost the leader lease: {0} holds it")]
+    Taken(String),
     #[error(transparent)]
     Work(#[from] anyhow::Error),
 }
 
 /// Waits to become leader, then runs `work` while renewing the lease. `work` gets the
 /// shutdown signal and must return after it fires; the lease is then released.
-/// Returns `Ok` after shutdown, `Err(Lost)` when the lease could not be renewed in time (the
-/// work future is dropped at once, aborting its reconciles).
+/// Returns `Ok` after shutdown, `Err(Lost | Taken)` when the lease could not be renewed in
+/// time or another replica holds it (the work future is dropped at once, aborting its
+/// reconciles).
 pub async fn run_as_leader<W, F>(
     mut elector: Elector,
     metrics: &Metrics,
@@ -251,8 +266,8 @@ where
             return Ok(());
         }
         match elector.try_acquire_or_renew().await {
-            Ok(true) => break,
-            Ok(false) => {}
+            Ok(Round::Leading) => break,
+            Ok(Round::Following(_) | Round::Contended) => {}
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
         }
         tokio::select! {
@@ -267,10 +282,12 @@ where
         loop {
             tokio::time::sleep(retry).await;
             match elector.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => {
-                    tracing::error!("another replica holds the leader lease");
-                    return LeadError::Lost(renew_deadline);
+                Ok(Round::Leading) => last_renewal = Instant::now(),
+                Ok(Round::Following(holder)) => {
+                    return LeadError::Taken(holder);
+                }
+                Ok(Round::Contended) => {
+                    tracing::warn!("renewing the leader lease raced another write")
                 }
                 Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
             }
@@ -284,7 +301,7 @@ where
         lost = renew => Err(lost),
     };
     metrics.set_leader(false);
-    if !matches!(outcome, Err(LeadError::Lost(_))) {
+    if !matches!(outcome, Err(LeadError::Lost(_) | LeadError::Taken(_))) {
         match elector.release().await {
             Ok(()) => tracing::info!("released the leader lease"),
             Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed"),

@@ -27,7 +27,6 @@ use super::kinds::ChildKind;
 use super::status::{self, reason, Backups, DomainObservation, MailboxState, Outcome, Workload};
 use crate::api::conditions;
 use crate::api::{validate, MailDomain, Mailbox};
-use crate::config::layout::USER_SHARDS;
 use crate::names::DomainNames;
 
 const KIND: &str = "MailDomain";
@@ -411,7 +410,9 @@ async fn read_secret(
     }
 }
 
-/// The Secrets holding the domain's generated state, and the serving Secret the spec names.
+/// The Secrets holding the domain's generated state (internal secrets, DKIM keys, CA, serving
+/// certificate), and the serving Secret the spec names. The users database is not read back:
+/// it is computed from the Mailboxes every time.
 async fn resolve_state_secrets(
     ctx: &Context,
     namespace: &str,
@@ -419,7 +420,6 @@ async fn resolve_state_secrets(
 ) -> Result<BTreeMap<String, Secret>, Error> {
     let n = DomainNames::new(&md.name_any());
     let mut names = vec![n.ca(), n.tls(), n.dkim(), n.internal()];
-    names.extend((0..USER_SHARDS).map(|i| n.users_shard(i)));
     names.extend(md.spec.tls.secret_name.clone());
     let reads: Vec<_> = names
         .into_iter()
