@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=0
-for bin in postfix dovecot rspamd openssl restic; do
+for bin in postfix dovecot rspamd openssl restic ip unshare; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/bin/$bin" ] || missing=1
 done
 if [ "$missing" = 1 ]; then
@@ -16,9 +16,35 @@ if [ "$missing" = 1 ]; then
     | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates >/dev/null
+    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates iproute2 util-linux >/dev/null
 fi
 
 if [ -f e2e/requirements.txt ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+fi
+
+# promtool checks and unit-tests the chart's alert rules. It ships in Debian's prometheus
+# package; only the promtool binary is extracted (no Prometheus service is installed or started).
+if ! command -v promtool >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  $SUDO install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
+
+# The Postfix queue exporter of the mail-mta image, for e2e/test_observability.py: like the
+# image, only the binary of Debian's package (the package would pull in systemd-sysv and rsyslog).
+if ! command -v prometheus-postfix-exporter >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus-postfix-exporter 2>/dev/null); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus-postfix-exporter)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus-postfix-exporter_*.deb | tar -x -C "$tmp" ./usr/bin/prometheus-postfix-exporter
+  $SUDO install -m 0755 "$tmp/usr/bin/prometheus-postfix-exporter" /usr/local/bin/prometheus-postfix-exporter
+  rm -rf "$tmp"
 fi

@@ -4,3 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
+cargo build --locked
+
+# The Helm chart, install.yaml, examples, alert rules and dashboard, validated offline, and the
+# Postfix queue exporter against a real Postfix queue.
+python3 -m pytest -q -p no:cacheprovider e2e/test_manifests.py e2e/test_observability.py
+
+# The mail path: the rendered configuration in real Postfix, Dovecot and Rspamd (`local up`),
+# driven by real clients.
+e2e/mailpath/run.sh
+
+# Kubernetes API tier: the emulator's own tests, then the operator binary against it
+# (or against the cluster KUBECONFIG points at). The suite runs target/debug/postwarden.
+python3 -m pytest -q -p no:cacheprovider e2e/kubeapi e2e/test_operator.py

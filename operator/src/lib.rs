@@ -5,10 +5,13 @@
 //! that turn specs into Kubernetes objects and daemon configuration without any I/O.
 
 pub mod api;
+pub mod backup;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod dkim;
 pub mod dns;
+pub mod local;
 pub mod manifest;
 pub mod names;
 pub mod pki;

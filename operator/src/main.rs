@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster of $KUBECONFIG (or the in-cluster configuration)
+    /// until SIGTERM or SIGINT.
+    Run(Box<postwarden::controller::Config>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Print every Kubernetes object the operator would create for the resources in a file or
@@ -31,18 +34,92 @@ enum Command {
         #[arg(long)]
         dns: bool,
     },
+    /// Backups of a MailDomain's mail.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Run the mail stack of one MailDomain on this machine, in the real Postfix, Dovecot and
+    /// Rspamd, from exactly the files the operator renders (no cluster needed).
+    #[command(subcommand)]
+    Local(LocalCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Print (or, with --apply, create) a Job that restores one mailbox or all from the latest
+    /// or a named snapshot into the running replicas. Mail that arrived after the snapshot is
+    /// kept: the snapshot's messages are imported alongside, and messages still present are
+    /// not doubled.
+    Restore(postwarden::backup::command::RestoreArgs),
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Start the stack on 127.0.0.1 and run it until Ctrl-C (SIGINT) or SIGTERM. When every
+    /// daemon listens, DIR/ca.crt (the CA to trust), DIR/dns.txt (the DNS records) and
+    /// DIR/ready are written.
+    Up {
+        /// YAML file or directory with one MailDomain, its Mailboxes and their password Secrets.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Directory holding the configuration, keys, mail and logs; reused across runs.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Every service listens on this plus its standard port (25, 465, 587, 143, 993); the
+        /// second Dovecot instance on a further 10000.
+        #[arg(long, default_value_t = postwarden::local::up::DEFAULT_PORT_BASE)]
+        port_base: u16,
+    },
+    /// Apply a changed file to a running stack as the operator would (users, aliases, keys),
+    /// without restarting a daemon.
+    Reload {
+        /// The directory of the running `local up`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Read the resources from this file instead of the one `local up` was started with.
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        /// Also issue a new serving certificate, as the operator does before expiry.
+        #[arg(long)]
+        rotate_certificate: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(config) => run(*config),
         Command::Crds => {
             print!("{}", postwarden::crd::yaml());
             Ok(())
         }
         Command::Render { file, dns } => render(file, dns),
+        Command::Backup {
+            command: BackupCommand::Restore(args),
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(postwarden::backup::command::restore(args))),
+        Command::Local(LocalCommand::Up {
+            file,
+            dir,
+            port_base,
+        }) => postwarden::local::up::up(postwarden::local::up::UpOptions {
+            file,
+            dir,
+            port_base,
+        }),
+        Command::Local(LocalCommand::Reload {
+            dir,
+            file,
+            rotate_certificate,
+        }) => postwarden::local::up::reload(postwarden::local::up::ReloadOptions {
+            dir,
+            file,
+            rotate_certificate,
+        }),
         Command::Version => {
             println!("postwarden {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -55,6 +132,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(config: postwarden::controller::Config) -> anyhow::Result<()> {
+    postwarden::controller::init_logging(config.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(postwarden::controller::run(config))
 }
 
 fn render(file: Option<PathBuf>, dns: bool) -> anyhow::Result<()> {

@@ -142,6 +142,42 @@ fn dovecot_accepts_every_instance_configuration() {
 }
 
 #[test]
+fn every_option_variant_passes_the_daemons_checks() {
+    use crate::api::maildomain::RegionRole;
+    let dir = tempfile::Builder::new()
+        .prefix("postwarden-config-")
+        .tempdir()
+        .expect("tempdir");
+    let mut md = quickstart();
+    md.spec.alias_domains = vec!["example.org".into()];
+    md.spec.mta.proxy_protocol = true;
+    md.spec.imap.proxy_protocol = true;
+    md.spec.imap.replicas = 1;
+    md.spec.spam.enabled = false;
+    md.spec.region.role = RegionRole::Secondary;
+    md.spec.region.peer_hostname = Some("mx1.example.com".into());
+    let layout = Layout::local(dir.path(), free_port_base(1), 1);
+    write_tree(&md, &layout, &quickstart_mailboxes());
+    fs::create_dir_all(layout.queue_dir()).unwrap();
+    fs::create_dir_all(layout.postfix_data_dir()).unwrap();
+    let config = layout.config_dir();
+    run_ok(Command::new("postfix").arg("-c").arg(&config).arg("check"));
+    for flag in ["-n", "-M"] {
+        let out = run_ok(Command::new("postconf").arg("-c").arg(&config).arg(flag));
+        assert!(!out.contains("warning"), "{out}");
+    }
+    let conf = config.join(dovecot::instance_file_name(0));
+    let out = run_ok(Command::new("doveconf").arg("-c").arg(&conf).arg("-n"));
+    assert!(out.contains("haproxy = yes"), "{out}");
+    run_ok(
+        Command::new("rspamadm")
+            .arg("configtest")
+            .arg("-c")
+            .arg(config.join(rspamd::RSPAMD_CONF)),
+    );
+}
+
+#[test]
 fn rspamd_accepts_the_rendered_configuration() {
     let (_dir, _md, layout) = local_tree(1);
     let conf = layout.config_dir().join(rspamd::RSPAMD_CONF);
@@ -329,4 +365,210 @@ fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_change
     eventually(10, "Dovecot stopped", || {
         std::net::TcpStream::connect(("127.0.0.1", ports.lmtp)).is_err()
     });
+}
+
+#[test]
+fn two_dovecot_instances_replicate_over_tls() {
+    let (_guard, _md, layout) = local_tree(2);
+    let config = layout.config_dir();
+    let started = std::time::Instant::now();
+    let entries: Vec<Entrypoint> = (0..2)
+        .map(|i| {
+            let log = layout.root.join(format!("imap-{i}.log"));
+            let entry = Entrypoint::start(
+                &config.join(scripts::IMAP_ENTRYPOINT),
+                &[("POSTWARDEN_ORDINAL", &i.to_string())],
+                &log,
+            );
+            wait_for_port(layout.imap_instance(i).ports.lmtp, "Dovecot LMTP", &log);
+            entry
+        })
+        .collect();
+    let replies = lmtp_deliver(
+        layout.imap_instance(0).ports.lmtp,
+        "bob@example.com",
+        "replicated",
+    );
+    assert!(replies.contains("250 2.0.0 <bob@example.com>"), "{replies}");
+    let delivered = std::time::Instant::now();
+    let new_dir = layout
+        .imap_instance(1)
+        .mail_dir
+        .join("example.com/bob/Maildir/new");
+    eventually(20, "the message reaches instance 1", || {
+        fs::read_dir(&new_dir).is_ok_and(|d| d.count() == 1)
+    });
+    eprintln!(
+        "replication: instances up in {:?}, message on the peer {:?} after delivery",
+        delivered - started,
+        delivered.elapsed()
+    );
+    let log = fs::read_to_string(layout.log_file("dovecot-1").unwrap()).unwrap();
+    assert!(!log.contains("SSL handshake failed"), "{log}");
+    for entry in entries {
+        assert!(entry.stop().success());
+    }
+}
+
+/// An SMTP dialogue: the greeting, then one reply per command (multi-line replies joined).
+fn smtp_dialogue(port: u16, commands: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("smtp connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut read_reply = || {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("smtp read");
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    };
+    let mut replies = vec![read_reply()];
+    for cmd in commands {
+        write!(w, "{cmd}\r\n").unwrap();
+        replies.push(read_reply());
+    }
+    replies
+}
+
+/// A milter that accepts everything: it negotiates away every callback, so Postfix sends only
+/// macros (no reply) and, at the end of a message, expects one "accept".
+fn accept_all_milter(port: u16) {
+    use std::io::{Read, Write as _};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("milter port");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || loop {
+                let mut len = [0u8; 4];
+                if conn.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
+                if conn.read_exact(&mut packet).is_err() {
+                    return;
+                }
+                let reply: Option<Vec<u8>> = match packet.first() {
+                    // Option negotiation: version 6, no actions, no callbacks (SMFIP_NO*).
+                    Some(b'O') => Some(
+                        [
+                            &[b'O'][..],
+                            &6u32.to_be_bytes(),
+                            &0u32.to_be_bytes(),
+                            &0x1ffu32.to_be_bytes(),
+                        ]
+                        .concat(),
+                    ),
+                    Some(b'E') => Some(vec![b'a']),
+                    _ => None,
+                };
+                if let Some(r) = reply {
+                    let mut out = (r.len() as u32).to_be_bytes().to_vec();
+                    out.extend(r);
+                    if conn.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn postfix_refuses_relay_and_unknown_recipients_and_reloads_changed_maps() {
+    let (_guard, _md, layout) = local_tree(1);
+    let config = layout.config_dir();
+    let log = layout.root.join("mta-entrypoint.log");
+    let entry = Entrypoint::start(&config.join(scripts::MTA_ENTRYPOINT), &[], &log);
+    let ports = layout.ports.clone();
+    accept_all_milter(ports.milter);
+    wait_for_port(ports.smtp, "Postfix", &log);
+    wait_for_port(ports.submission, "Postfix submission", &log);
+
+    // Port 25 (through postscreen): only our domains, only existing recipients, no AUTH.
+    let r = smtp_dialogue(
+        ports.smtp,
+        &[
+            "EHLO client.example.net",
+            "MAIL FROM:<someone@example.net>",
+            "RCPT TO:<victim@example.org>",
+            "RCPT TO:<nobody@example.com>",
+            "RCPT TO:<postmaster@example.com>",
+            "RCPT TO:<sales@example.com>",
+            "QUIT",
+        ],
+    );
+    assert!(r[0].starts_with("220"), "{r:?}");
+    assert!(!r[1].contains("AUTH"), "no AUTH on port 25: {}", r[1]);
+    assert!(r[1].contains("STARTTLS"), "{}", r[1]);
+    assert!(
+        r[3].starts_with("554 5.7.1") && r[3].contains("Relay access denied"),
+        "{}",
+        r[3]
+    );
+    assert!(r[4].starts_with("550 5.1.1"), "{}", r[4]);
+    assert!(r[5].starts_with("250"), "{}", r[5]);
+    assert!(r[6].starts_with("550 5.1.1"), "{}", r[6]);
+
+    // Submission offers AUTH only after STARTTLS and refuses mail before it.
+    let r = smtp_dialogue(
+        ports.submission,
+        &[
+            "EHLO client.example.net",
+            "MAIL FROM:<alice@example.com>",
+            "QUIT",
+        ],
+    );
+    assert!(
+        r[1].contains("STARTTLS") && !r[1].contains("AUTH"),
+        "{}",
+        r[1]
+    );
+    assert!(r[2].starts_with("530"), "{}", r[2]);
+
+    // A new alias in the mounted maps is live after the entrypoint's reload.
+    let aliases = layout.maps_dir().join(crate::userdb::MAP_ALIASES);
+    let mut text = fs::read_to_string(&aliases).unwrap();
+    text.push_str("sales@example.com alice@example.com\n");
+    fs::write(&aliases, text).unwrap();
+    eventually(20, "the new alias is accepted", || {
+        let r = smtp_dialogue(
+            ports.smtp,
+            &[
+                "EHLO client.example.net",
+                "MAIL FROM:<someone@example.net>",
+                "RCPT TO:<sales@example.com>",
+                "QUIT",
+            ],
+        );
+        r[3].starts_with("250")
+    });
+
+    let status = entry.stop();
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        fs::read_to_string(&log).unwrap()
+    );
+    eventually(10, "Postfix stopped", || {
+        std::net::TcpStream::connect(("127.0.0.1", ports.smtp)).is_err()
+    });
+
+    // The queue volume outlives the pod: the pid file left on it (here naming a live process,
+    // as pid numbers repeat in a new pod) must not keep Postfix from starting again.
+    fs::write(
+        layout.queue_dir().join("pid/master.pid"),
+        format!("{:>10}\n", std::process::id()),
+    )
+    .unwrap();
+    let entry = Entrypoint::start(&config.join(scripts::MTA_ENTRYPOINT), &[], &log);
+    wait_for_port(ports.smtp, "Postfix after a restart", &log);
+    assert!(entry.stop().success());
 }

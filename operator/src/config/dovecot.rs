@@ -25,6 +25,19 @@ pub fn instance_file_name(ordinal: usize) -> String {
     format!("dovecot-{ordinal}.conf")
 }
 
+/// How doveadm and dsync clients (the peer replica, backup jobs) address a doveadm server:
+/// `tcps:HOST:PORT`, because the doveadm listeners speak TLS only.
+pub fn doveadm_endpoint(host: &str, port: u16) -> String {
+    format!("tcps:{host}:{port}")
+}
+
+/// Where the entrypoint links the running instance's configuration: what `doveadm -c` needs
+/// inside the container (probes, backups). The shared `dovecot.conf` alone lacks the
+/// instance's base_dir, so doveadm would not find the running Dovecot through it.
+pub fn runtime_config_path(layout: &Layout, ordinal: usize) -> std::path::PathBuf {
+    layout.imap_instance(ordinal).run_dir.join(DOVECOT_CONF)
+}
+
 /// `dovecot.conf` and `dovecot-<ordinal>.conf` for every replica.
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     let mut files = BTreeMap::from([(DOVECOT_CONF.to_string(), shared(md, layout))]);
@@ -139,8 +152,12 @@ protocol lmtp {{
 }}
 lmtp_rcpt_check_quota = yes
 
-# --- doveadm server (replica sync, backup): password from the internal Secret
+# --- doveadm server (replica sync, backup): TLS only, password from the internal Secret.
+# Outgoing dsync connections encrypt but do not insist on a certificate naming the peer: the
+# serving certificate may come from a public issuer that cannot name pod hosts. The password
+# authenticates the client; the NetworkPolicy admits only the sibling pod and backup jobs.
 doveadm_password = <{doveadm_password}
+ssl_client_require_valid_cert = no
 
 # --- Metrics, served as OpenMetrics on the stats listener at /metrics
 metric auth_success {{
@@ -233,6 +250,7 @@ service auth {{
 service doveadm {{
   inet_listener doveadm {{
     port = {doveadm}
+    ssl = yes
   }}
 }}
 service stats {{

@@ -26,7 +26,8 @@ pub fn hostname(spec: &MailDomainSpec) -> String {
 
 /// Files in the secrets directory ([`Layout::secrets_dir`]) the configuration reads.
 pub mod secret_files {
-    /// Shared password of the Dovecot doveadm servers (replication, backup).
+    /// Shared password of the Dovecot doveadm servers (replication, backup). Dovecot reads
+    /// the file verbatim (`<file`), so it must not end with a newline.
     pub const DOVEADM_PASSWORD: &str = "doveadm-password";
 }
 

@@ -157,7 +157,6 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     );
     kv(&mut s, "smtpd_helo_required", "yes");
     kv(&mut s, "disable_vrfy_command", "yes");
-    kv(&mut s, "strict_rfc821_envelopes", "yes");
     kv(
         &mut s,
         "smtpd_helo_restrictions",
@@ -183,9 +182,8 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
         "smtpd_data_restrictions",
         "reject_unauth_pipelining",
     );
-    kv(&mut s, "smtpd_client_connection_rate_limit", "60");
-    kv(&mut s, "smtpd_client_message_rate_limit", "120");
-    kv(&mut s, "anvil_rate_time_unit", "60s");
+    // No per-client rate limits: behind a load balancer without the PROXY protocol every
+    // client shares the balancer's address. Per-session error limits still slow down probes.
     kv(&mut s, "smtpd_error_sleep_time", "1s");
     kv(&mut s, "smtpd_soft_error_limit", "10");
     kv(&mut s, "smtpd_hard_error_limit", "20");

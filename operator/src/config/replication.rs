@@ -1,14 +1,15 @@
 //! Everything that keeps the two Dovecot replicas of a domain in sync, in one place.
 //!
 //! Today this is Dovecot 2.3's replicator: the notify and replication plugins report every
-//! change to the local replicator, which runs dsync against the peer's doveadm server
-//! (`mail_replica = tcp:<peer>:<doveadm port>`); saves wait up to two seconds for the peer so an
-//! accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
+//! change to the local replicator, which runs dsync against the peer's doveadm server over
+//! TLS (`mail_replica = tcps:<peer>:<doveadm port>`); saves wait up to two seconds for the
+//! peer, so an accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
 //! outside this module knows how replication works: replacing it with an agent that runs
 //! `doveadm sync` means changing only these functions.
 
 use crate::api::maildomain::MailDomain;
 
+use super::scripts::sh_quote;
 use super::{ImapInstance, Layout};
 
 /// True when the domain has a second Dovecot instance to replicate with.
@@ -64,46 +65,56 @@ service replicator {
 pub fn dovecot_instance(_layout: &Layout, inst: &ImapInstance) -> String {
     match &inst.peer {
         Some((host, port)) => {
-            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = tcp:{host}:{port}\n}}\n")
+            let endpoint = super::dovecot::doveadm_endpoint(host, *port);
+            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = {endpoint}\n}}\n")
         }
         None => String::new(),
     }
 }
 
-/// Entrypoint lines run once Dovecot has started (`$CONF` is the instance's configuration):
-/// queue every user for a sync with the peer, so a fresh or long-stopped replica catches up.
-/// The user list is read from the passwd-file shards, because Dovecot cannot iterate a
-/// passwd-file whose path contains variables.
+/// Entrypoint lines run once Dovecot has started (`$CONF` is the instance's configuration,
+/// `$RUN` its runtime directory): queue every user for a full sync with the peer, so a fresh or
+/// long-stopped replica catches up. The user list comes from the passwd-file shards, because
+/// Dovecot cannot iterate a passwd-file whose path contains variables.
 pub fn entrypoint_started(_md: &MailDomain, layout: &Layout) -> String {
     if !enabled(layout) {
         return String::new();
     }
     format!(
         r#"# Replication: once Dovecot answers, queue every user for a full sync with the peer.
-replicate_all() {{
+users_list() {{
   for f in {users}/*.passwd; do
     [ -f "$f" ] && cut -d: -f1 "$f"
-  done | while read -r user; do
+  done | LC_ALL=C sort -u
+}}
+replicate_users() {{
+  while read -r user; do
     [ -n "$user" ] && doveadm -c "$CONF" replicator replicate -f "$user" >/dev/null 2>&1 || true
   done
 }}
+users_list > "$RUN/replicated-users"
 (
   i=0
   while [ $i -lt 60 ] && kill -0 "$PID" 2>/dev/null && ! doveadm -c "$CONF" replicator status >/dev/null 2>&1; do
     sleep 1
     i=$((i + 1))
   done
-  replicate_all
+  replicate_users < "$RUN/replicated-users"
 ) &
 "#,
-        users = layout.users_dir().display()
+        users = sh_quote(&layout.users_dir().display().to_string())
     )
 }
 
-/// Entrypoint lines run after the users database changed: new users get synced right away.
+/// Entrypoint lines run after the users database changed: users that are new since the last
+/// look get a full sync right away (the others are synced on every change anyway).
 pub fn entrypoint_users_changed(_md: &MailDomain, layout: &Layout) -> String {
     if !enabled(layout) {
         return String::new();
     }
-    "    replicate_all\n".to_string()
+    r#"    users_list > "$RUN/users.new"
+    LC_ALL=C comm -13 "$RUN/replicated-users" "$RUN/users.new" | replicate_users
+    mv "$RUN/users.new" "$RUN/replicated-users"
+"#
+    .to_string()
 }

@@ -80,7 +80,6 @@ fn mta(layout: &Layout) -> String {
 CONFIG={config}
 QUEUE={queue}
 DATA={data}
-WATCH="{maps} {tls}"
 
 mkdir -p "$QUEUE" "$DATA"
 {log_dir}# The queue lives on a volume that outlives the pod: drop pid files of the previous run.
@@ -93,12 +92,13 @@ postfix -c "$CONFIG" check
 
 postfix -c "$CONFIG" start-fg &
 PID=$!
-trap 'log "stopping Postfix"; postfix -c "$CONFIG" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
+stopping=0
+trap 'stopping=1; log "stopping Postfix"; postfix -c "$CONFIG" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
-last=$(fingerprint $WATCH)
+last=$(fingerprint {maps} {tls})
 while kill -0 "$PID" 2>/dev/null; do
   pause
-  now=$(fingerprint $WATCH)
+  now=$(fingerprint {maps} {tls})
   if [ "$now" != "$last" ]; then
     last=$now
     log "maps or certificate changed: reloading Postfix"
@@ -107,13 +107,17 @@ while kill -0 "$PID" 2>/dev/null; do
 done
 status=0
 wait "$PID" || status=$?
+# `postfix stop` ends the foreground wrapper with SIGTERM: a clean stop we asked for.
+if [ "$stopping" = 1 ] && [ "$status" = 143 ]; then
+  status=0
+fi
 exit "$status"
 "#,
         config = p(&layout.config_dir()),
         queue = p(&layout.queue_dir()),
         data = p(&layout.postfix_data_dir()),
-        maps = layout.maps_dir().display(),
-        tls = layout.tls_dir().display(),
+        maps = p(&layout.maps_dir()),
+        tls = p(&layout.tls_dir()),
         main_cf = postfix::MAIN_CF,
     );
     s
@@ -175,10 +179,10 @@ while kill -0 "$PID" 2>/dev/null; do
   tls_now=$(fingerprint {tls} {secrets})
   if [ "$tls_now" != "$tls_last" ]; then
     tls_last=$tls_now
-    users_last=$users_now
     log "certificate or secrets changed: reloading Dovecot"
     doveadm -c "$CONF" reload || log "doveadm reload failed"
-  elif [ "$users_now" != "$users_last" ]; then
+  fi
+  if [ "$users_now" != "$users_last" ]; then
     users_last=$users_now
     log "users database changed: flushing the auth cache"
     doveadm -c "$CONF" auth cache flush >/dev/null || log "auth cache flush failed"
@@ -190,9 +194,9 @@ exit "$status"
 "#,
         config = p(&layout.config_dir()),
         uid = VMAIL_UID,
-        users = layout.users_dir().display(),
-        tls = layout.tls_dir().display(),
-        secrets = layout.secrets_dir().display(),
+        users = p(&layout.users_dir()),
+        tls = p(&layout.tls_dir()),
+        secrets = p(&layout.secrets_dir()),
         replication = replication::entrypoint_started(md, layout),
         replication_users_changed = replication::entrypoint_users_changed(md, layout),
     );

@@ -199,7 +199,7 @@ fn dovecot_enforces_tls_and_reads_secrets_from_files() {
     let one = &files[&dovecot::instance_file_name(1)];
     assert!(one.contains("!include /etc/postwarden/config/dovecot.conf\n"));
     assert!(
-        one.contains("mail_replica = tcp:example-com-imap-0.example-com-imap-hl.mail.svc:12346\n")
+        one.contains("mail_replica = tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346\n")
     );
     assert!(one.contains("base_dir = /run/postwarden/dovecot\n"));
     assert!(one.contains("mail_home = /var/mail/%d/%n\n"));
@@ -231,8 +231,8 @@ fn local_layout_instances_get_their_own_dirs_and_ports() {
     assert!(zero.contains("base_dir = /srv/pw/run/postwarden/imap-0/dovecot\n"));
     assert!(one.contains("mail_home = /srv/pw/var/mail/imap-1/%d/%n\n"));
     assert!(zero.contains("port = 20993\n") && one.contains("port = 30993\n"));
-    assert!(zero.contains("mail_replica = tcp:127.0.0.1:31346\n"));
-    assert!(one.contains("mail_replica = tcp:127.0.0.1:21346\n"));
+    assert!(zero.contains("mail_replica = tcps:127.0.0.1:31346\n"));
+    assert!(one.contains("mail_replica = tcps:127.0.0.1:21346\n"));
     assert!(zero.contains("log_path = /srv/pw/var/log/dovecot-0.log\n"));
     let ports: Vec<u16> = layout.listen_ports().iter().map(|(p, _)| *p).collect();
     assert!(ports.contains(&20025) && ports.contains(&31346) && ports.contains(&21332));

@@ -21,7 +21,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::cert::{add, cert_validity, new_ca, sub, CertKeyPair};
+use super::cert::{add, cert_validity, dated_ca_name, new_ca, sub, CertKeyPair};
 use super::PkiError;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -98,7 +98,7 @@ impl CaState {
     /// A new, stable CA.
     pub fn create(common_name: &str, policy: &CaPolicy, now: Timestamp) -> Result<Self, PkiError> {
         Ok(Self {
-            current: new_ca(common_name, now, policy.lifetime)?,
+            current: new_ca(&dated_ca_name(common_name, now), now, policy.lifetime)?,
             phase: CaPhase::Stable,
         })
     }
@@ -117,7 +117,8 @@ impl CaState {
         out
     }
 
-    /// The state after `action`. `common_name` names a CA that `Create` or `Introduce` makes.
+    /// The state after `action`. A CA that `Create` or `Introduce` makes is named
+    /// `common_name` and its creation time.
     pub fn apply(
         state: Option<Self>,
         action: CaAction,
@@ -133,7 +134,7 @@ impl CaState {
             (_, None) => Err(unexpected("a missing CA")),
             (CaAction::Introduce, Some(s)) => Ok(Self {
                 phase: CaPhase::Introducing {
-                    next: new_ca(common_name, now, policy.lifetime)?,
+                    next: new_ca(&dated_ca_name(common_name, now), now, policy.lifetime)?,
                     since: now,
                 },
                 current: s.current,

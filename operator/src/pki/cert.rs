@@ -205,11 +205,32 @@ fn first_pem(text: &str) -> Result<Pem, PkiError> {
         .map_err(|e| PkiError::Parse(e.to_string()))
 }
 
+/// X.509 limits a common name to 64 characters (RFC 5280 ub-common-name).
+const MAX_COMMON_NAME: usize = 64;
+
+/// Organization `postwarden` and the common name, left out when too long (a certificate is
+/// matched by its DNS names anyway).
 fn subject(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, ORGANIZATION);
-    dn.push(DnType::CommonName, common_name);
+    if common_name.len() <= MAX_COMMON_NAME {
+        dn.push(DnType::CommonName, common_name);
+    }
     dn
+}
+
+/// A CA's common name: `name` (cut to fit) and its creation time, so that the old and the new
+/// CA of a rotation have distinct subjects and chains are never ambiguous.
+pub fn dated_ca_name(name: &str, now: Timestamp) -> String {
+    let stamp = now
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let mut cut = MAX_COMMON_NAME - stamp.len() - 1;
+    while cut < name.len() && !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} {stamp}", &name[..cut.min(name.len())])
 }
 
 /// A positive 128-bit random serial: every certificate is unique even when issued twice in the

@@ -310,6 +310,29 @@ fn short_lived_certificate_is_not_renewed_over_and_over() {
 }
 
 #[test]
+fn common_names_fit_x509_limits() {
+    let t0 = ts("2026-01-01T00:00:00Z");
+    assert_eq!(
+        cert::dated_ca_name("example.com mail CA", t0),
+        "example.com mail CA 20260101T000000Z"
+    );
+    let long = format!("{}.example.com mail CA", "a".repeat(60));
+    assert_eq!(cert::dated_ca_name(&long, t0).len(), 64);
+    // A host name too long for a common name is still named by the DNS names.
+    let ca = new_ca("ca", t0, 365 * DAY).unwrap();
+    let host = format!("{}.{}.example.com", "a".repeat(40), "b".repeat(40));
+    let leaf = issue_serving(&ca, std::slice::from_ref(&host), t0, 90 * DAY).unwrap();
+    assert_eq!(inspect(&leaf.cert_pem).unwrap().dns_names, [host]);
+    let scratch = Scratch::new("long-cn");
+    let file = scratch.write("tls.crt", &leaf.cert_pem);
+    let (ok, subject) = openssl(&["x509", "-in", &file, "-noout", "-subject"]);
+    assert!(
+        ok && subject.contains("O = postwarden") && !subject.contains("CN"),
+        "{subject}"
+    );
+}
+
+#[test]
 fn renewal_policy_from_spec() {
     let mut tls = crate::api::maildomain::TlsSpec::default();
     let p = RenewalPolicy::from_spec(&tls).unwrap();
@@ -361,6 +384,14 @@ fn ca_rotation_keeps_both_cas_trusted_across_the_switch() {
     assert_eq!(p.actions, [CaAction::Introduce]);
     assert_eq!(p.requeue_at, at(t_intro, DAY));
     assert_eq!(introducing.current, ca.current);
+    let CaPhase::Introducing { next, .. } = &introducing.phase else {
+        panic!("introducing")
+    };
+    let subject = |pem: &str| {
+        let f = scratch.write("subject.crt", pem);
+        openssl(&["x509", "-in", &f, "-noout", "-subject"]).1
+    };
+    assert_ne!(subject(&next.cert_pem), subject(&ca.current.cert_pem));
     assert_eq!(certs_in(&introducing.trust_bundle()), 2);
     let bundle_during_intro = scratch.write("intro-bundle.crt", &introducing.trust_bundle());
     let renewed_by_old = issue_serving(&introducing.current, &names, t_intro, 9 * DAY).unwrap();

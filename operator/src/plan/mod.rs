@@ -249,9 +249,13 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
             mta::build(&domain, &inputs.images.mta, mta_checksum, &tls_secret),
             imap::build(&domain, &inputs.images.imap, imap_checksum, &tls_secret),
         ],
-        // The backup CronJob of `spec.backup` (issue 6) is built by
-        // `resources::backup::build_cronjob` and joins here.
-        cron_jobs: Vec::new(),
+        cron_jobs: crate::resources::backup::build_cronjob(
+            md,
+            inputs.namespace,
+            &inputs.images.imap,
+        )
+        .into_iter()
+        .collect(),
         dns_endpoints,
         mailboxes,
     })

@@ -4,6 +4,7 @@
 //!
 //! One file per object kind. [`crate::plan`] calls them all and orders the result.
 
+pub mod backup;
 pub mod certificate;
 pub mod config_map;
 pub mod images;
@@ -88,10 +89,11 @@ pub mod ids {
     /// and the IMAP pods' `fsGroup`: the kubelet keeps the mail volume's root group-owned by
     /// it, which is the group the mail processes run as anyway.
     pub const VMAIL: i64 = crate::userdb::VMAIL_UID as i64;
-    /// The Rspamd sidecar's user and group (`_rspamd` of the mail-mta image), and the MTA
+    /// The Rspamd sidecar's user and group (`_rspamd`, renumbered to a fixed id by the mail-mta
+    /// image rather than left to package install order), and the MTA
     /// pods' `fsGroup`, so Rspamd (running as this non-root user) can read the DKIM keys
     /// mounted with mode 0440, and nobody else but root can.
-    pub const RSPAMD: i64 = 103;
+    pub const RSPAMD: i64 = 5001;
     /// Postfix's user and group (`postfix` of the mail-mta image), which owns the queue; the
     /// queue exporter runs as it to reach the `showq` socket.
     pub const POSTFIX: i64 = 101;

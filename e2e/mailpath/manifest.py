@@ -1,0 +1,91 @@
+"""The MailDomain, Mailboxes and Secrets the mail-path suite runs `postwarden local up` with.
+
+Tests that change mailboxes edit `Manifest` and write it back to FILE; every other test uses
+mailboxes those tests never touch, so one stack serves the whole session.
+"""
+
+import json
+import os
+
+DOMAIN = "lab.example"
+ALIAS_DOMAIN = "alias.example"
+HOSTNAME = "mail.lab.example"
+
+# localPart -> password. Passwords are long enough for any policy.
+PASSWORDS = {
+    "alice": "alice-Correct-Horse-1",
+    "bob": "bob-Battery-Staple-2",
+    "carol": "carol-Tr0ub4dor-3",
+    # Only the mailbox lifecycle tests use these.
+    "erin": "erin-Before-Change-4",
+    "frank": "frank-Will-Be-Suspended-5",
+    "grace": "grace-Will-Be-Removed-6",
+}
+
+
+def mailbox(local_part, **spec):
+    return {
+        "apiVersion": "postwarden.dev/v1alpha1",
+        "kind": "Mailbox",
+        "metadata": {"name": local_part, "namespace": "mail"},
+        "spec": {
+            "domainRef": {"name": "lab"},
+            "localPart": local_part,
+            "passwordSecretRef": {"name": f"{local_part}-password"},
+            **spec,
+        },
+    }
+
+
+def password_secret(local_part, password):
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{local_part}-password", "namespace": "mail"},
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
+
+
+class Manifest:
+    """The resources in FILE, editable by tests."""
+
+    def __init__(self):
+        self.domain = {
+            "apiVersion": "postwarden.dev/v1alpha1",
+            "kind": "MailDomain",
+            "metadata": {"name": "lab", "namespace": "mail"},
+            "spec": {
+                "domain": DOMAIN,
+                "aliasDomains": [ALIAS_DOMAIN],
+                "hostname": HOSTNAME,
+                "mta": {"replicas": 1},
+                "imap": {"replicas": 2},
+                "spam": {"enabled": True, "addHeaderScore": 6, "rejectScore": 15},
+            },
+        }
+        self.passwords = dict(PASSWORDS)
+        self.mailboxes = {
+            "alice": mailbox("alice", aliases=["postmaster", "sales"]),
+            # bob forwards to carol and keeps a copy.
+            "bob": mailbox("bob", forwardTo=[f"carol@{DOMAIN}"]),
+            "carol": mailbox("carol"),
+            "erin": mailbox("erin"),
+            "frank": mailbox("frank"),
+            "grace": mailbox("grace"),
+        }
+
+    def text(self):
+        # JSON is YAML: one document per object, no YAML library needed.
+        docs = [self.domain]
+        for local_part, mb in self.mailboxes.items():
+            docs.append(mb)
+            docs.append(password_secret(local_part, self.passwords[local_part]))
+        return "".join("---\n" + json.dumps(d, indent=1) + "\n" for d in docs)
+
+    def write(self, path):
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(self.text())
+        # Replace atomically so a reload never reads half a file.
+        os.replace(tmp, path)

@@ -1,0 +1,374 @@
+"""The operator binary against a Kubernetes API: the emulator by default, a real cluster when
+KUBECONFIG is set (see e2e/README.md). Every test gets its own namespace."""
+
+from __future__ import annotations
+
+import base64
+import os
+import copy
+import hashlib
+import time
+import uuid
+
+import pytest
+
+from cluster import RESYNC_SECONDS, Cluster, open_cluster, sleep_until
+from harness import REPO
+from kube import Kube, load_yaml_docs, wait_for as _wait_for
+
+DOMAIN = "example-com"
+DOMAIN_LABEL = "postwarden.dev/maildomain"
+CHILD_KINDS = ["ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet", "PodDisruptionBudget",
+               "NetworkPolicy", "CronJob"]
+USER_SHARDS = 16
+CONVERGE_TIMEOUT = 900 if os.environ.get("KUBECONFIG") else 120
+PASSWORDS = {"alice": "correct-horse-battery-staple", "bob": "tr0ub4dor-and-3"}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    c = open_cluster(tmp_path_factory.mktemp("cluster"))
+    _current.append(c)
+    yield c
+    _current.remove(c)
+    c.close()
+
+
+@pytest.fixture
+def ns(cluster: Cluster, request):
+    name = f"pw-{request.node.name[5:25].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    cluster.kube.delete("Namespace", None, name, missing_ok=True)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, request):
+    """One running operator; everything the test started is stopped afterwards, and its logs are
+    printed when the test failed."""
+    identity = cluster.start_operator()
+    yield identity
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if failed:
+        print(cluster.operator_logs())
+    cluster.clear_faults()
+    cluster.stop_all()
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+_current: list[Cluster] = []
+
+
+def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.2):
+    """kube.wait_for that fails at once when an operator process died."""
+    def check():
+        for c in _current:
+            c.assert_alive()
+        return fn()
+    return _wait_for(what, check, timeout=timeout, interval=interval)
+
+
+def quickstart(namespace: str) -> list[dict]:
+    docs = load_yaml_docs(str(REPO / "manifests" / "examples" / "quickstart.yaml"))
+    for d in docs:
+        d["metadata"]["namespace"] = namespace
+    return docs
+
+
+def apply_all(kube: Kube, docs: list[dict]) -> None:
+    for d in docs:
+        kube.apply(d)
+
+
+def mailbox(namespace: str, name: str, local_part: str, secret: str | None = None) -> list[dict]:
+    out = [{"apiVersion": "postwarden.dev/v1alpha1", "kind": "Mailbox",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"domainRef": {"name": DOMAIN}, "localPart": local_part,
+                     "passwordSecretRef": {"name": secret or f"{name}-password"}}}]
+    if secret is None:
+        out.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-password",
+                                                                      "namespace": namespace},
+                    "stringData": {"password": f"pw-{name}-{uuid.uuid4().hex}"}})
+    return out
+
+
+def condition(obj: dict | None, type_: str) -> dict | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def is_true(obj: dict | None, type_: str) -> bool:
+    c = condition(obj, type_)
+    return bool(c) and c.get("status") == "True"
+
+
+def children(kube: Kube, namespace: str, domain: str = DOMAIN) -> dict[tuple[str, str], dict]:
+    out = {}
+    for kind in CHILD_KINDS:
+        for obj in kube.list(kind, namespace, labels=f"{DOMAIN_LABEL}={domain}"):
+            out[(kind, obj["metadata"]["name"])] = obj
+    return out
+
+
+def users(kube: Kube, namespace: str, domain: str = DOMAIN) -> dict[str, str]:
+    """Users database entries {address: line} over all shards."""
+    out = {}
+    for shard in range(USER_SHARDS):
+        secret = kube.get_opt("Secret", namespace, f"{domain}-users-{shard:x}")
+        for value in ((secret or {}).get("data") or {}).values():
+            for line in base64.b64decode(value).decode(errors="replace").splitlines():
+                address = line.split(":", 1)[0]
+                if "@" in address:
+                    out[address] = line
+    return out
+
+
+def expected_shard(address: str) -> int:
+    return int(hashlib.md5(address.lower().encode()).hexdigest()[0], 16)
+
+
+def statefulsets(kube: Kube, namespace: str) -> list[dict]:
+    return kube.list("StatefulSet", namespace, labels=f"{DOMAIN_LABEL}={DOMAIN}")
+
+
+def converge(cluster: Cluster, namespace: str, *, seen_progressing: list | None = None) -> dict:
+    """Plays kubelet for the domain's StatefulSets until the MailDomain is Ready for its current
+    generation; returns it."""
+    kube = cluster.kube
+
+    def ready():
+        md = kube.get("MailDomain", namespace, DOMAIN)
+        if seen_progressing is not None and is_true(md, "Progressing"):
+            seen_progressing.append(md)
+        sts = statefulsets(kube, namespace)
+        for s in sts:
+            status = s.get("status") or {}
+            if status.get("observedGeneration") != s["metadata"].get("generation") or \
+                    status.get("readyReplicas") != s["spec"].get("replicas"):
+                cluster.simulate_kubelet(namespace, s)
+        status = md.get("status") or {}
+        return md if len(sts) >= 2 and is_true(md, "Ready") and \
+            status.get("observedGeneration") == md["metadata"]["generation"] else None
+
+    return wait_for(f"MailDomain {namespace}/{DOMAIN} Ready", ready, timeout=CONVERGE_TIMEOUT, interval=0.5)
+
+
+def events_about(kube: Kube, namespace: str, name: str) -> list[dict]:
+    found = []
+    for api_version in ("v1", "events.k8s.io/v1"):
+        for ev in kube.list("Event", namespace, api_version=api_version):
+            ref = ev.get("regarding") or ev.get("involvedObject") or {}
+            if ref.get("name") == name:
+                found.append(ev)
+    return found
+
+
+def resource_versions(kube: Kube, namespace: str) -> dict[tuple[str, str], str]:
+    out = {k: o["metadata"]["resourceVersion"] for k, o in children(kube, namespace).items()}
+    for kind in ("MailDomain", "Mailbox"):
+        for o in kube.list(kind, namespace):
+            out[(kind, o["metadata"]["name"])] = o["metadata"]["resourceVersion"]
+    return out
+
+
+def without_leases(writes: dict[str, int] | None) -> dict[str, int] | None:
+    if writes is None:
+        return None
+    return {k: v for k, v in writes.items() if not k.startswith("Lease ")}
+
+
+# ---- scenarios ------------------------------------------------------------------------------------
+
+def test_quickstart_creates_owned_children_and_becomes_ready(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    progressing: list = []
+    md = converge(cluster, ns, seen_progressing=progressing)
+    assert progressing, "status went to Ready without passing through Progressing"
+    assert condition(progressing[0], "Ready")["status"] == "False"
+
+    kids = children(kube, ns)
+    names = {f"{k} {n}" for k, n in kids}
+    for expected in ["StatefulSet example-com-mta", "StatefulSet example-com-imap", "Service example-com-mta",
+                     "Service example-com-imap", "Service example-com-imap-hl", "ConfigMap example-com-mta-config",
+                     "ConfigMap example-com-imap-config", "ServiceAccount example-com-mail"] + [f"Secret example-com-users-{i:x}" for i in range(USER_SHARDS)]:
+        assert expected in names, f"missing child {expected}; have {sorted(names)}"
+    for (kind, name), obj in kids.items():
+        refs = obj["metadata"].get("ownerReferences") or []
+        assert any(r["uid"] == md["metadata"]["uid"] and r["kind"] == "MailDomain" and r.get("controller")
+                   for r in refs), f"{kind} {name} is not owned by the MailDomain: {refs}"
+        labels = obj["metadata"].get("labels") or {}
+        assert labels.get("app.kubernetes.io/managed-by") == "postwarden", f"{kind} {name}: {labels}"
+        assert labels.get("app.kubernetes.io/instance") == DOMAIN, f"{kind} {name}: {labels}"
+    entries = users(kube, ns)
+    assert {"alice@example.com", "bob@example.com"} <= set(entries)
+    for address, line in entries.items():
+        assert "$6$" in line or "$argon2id$" in line, f"{address} is not stored as a strong hash"
+    assert kube.get_opt("Secret", ns, f"{DOMAIN}-users-{expected_shard('alice@example.com'):x}")
+    for (kind, name), obj in kids.items():
+        text = str(obj.get("data")) + str(obj.get("status"))
+        for password in PASSWORDS.values():
+            assert password not in text and base64.b64encode(password.encode()).decode() not in text, \
+                f"a plaintext password is in {kind} {name}"
+    assert md["status"].get("mailboxes") == 2
+
+
+def test_quickstart_backup_schedule_becomes_an_owned_cronjob(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    md = converge(cluster, ns)
+    cronjob = wait_for("backup CronJob", lambda: kube.get_opt("CronJob", ns, f"{DOMAIN}-backup"), timeout=30)
+    assert cronjob["spec"]["schedule"] == "30 2 * * *"
+    assert any(r["uid"] == md["metadata"]["uid"] for r in cronjob["metadata"].get("ownerReferences") or [])
+
+
+def test_edit_maildomain_updates_children_and_observed_generation(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    md = converge(cluster, ns)
+    before = kube.get("ConfigMap", ns, f"{DOMAIN}-mta-config")
+    spec = copy.deepcopy(quickstart(ns)[0])
+    spec["spec"]["mta"]["replicas"] = 3
+    spec["spec"]["spam"] = {"rejectScore": 20}
+    kube.apply(spec)
+    generation = kube.get("MailDomain", ns, DOMAIN)["metadata"]["generation"]
+    assert generation == md["metadata"]["generation"] + 1
+    wait_for("MTA StatefulSet scaled to 3",
+             lambda: kube.get("StatefulSet", ns, f"{DOMAIN}-mta")["spec"]["replicas"] == 3, timeout=CONVERGE_TIMEOUT)
+    wait_for("MTA config changed", lambda: kube.get("ConfigMap", ns, f"{DOMAIN}-mta-config")["data"]
+             != before["data"], timeout=CONVERGE_TIMEOUT)
+    md = converge(cluster, ns)
+    assert md["status"]["observedGeneration"] == generation
+    assert all(c.get("observedGeneration", generation) == generation for c in md["status"]["conditions"])
+
+
+def test_mailbox_add_remove_changes_users_not_statefulsets(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    templates = {s["metadata"]["name"]: s["spec"]["template"] for s in statefulsets(kube, ns)}
+    shards_before = {s: (kube.get_opt("Secret", ns, f"{DOMAIN}-users-{s:x}") or {}).get("data")
+                     for s in range(USER_SHARDS)}
+
+    apply_all(kube, mailbox(ns, "carol", "carol"))
+    wait_for("carol in the users database", lambda: "carol@example.com" in users(kube, ns), timeout=CONVERGE_TIMEOUT)
+    changed = [s for s in range(USER_SHARDS)
+               if (kube.get_opt("Secret", ns, f"{DOMAIN}-users-{s:x}") or {}).get("data") != shards_before[s]]
+    assert changed == [expected_shard("carol@example.com")], f"shards changed: {changed}"
+    wait_for("mailbox count 3", lambda: (kube.get("MailDomain", ns, DOMAIN).get("status") or {})
+             .get("mailboxes") == 3, timeout=CONVERGE_TIMEOUT)
+
+    kube.delete("Mailbox", ns, "bob")
+    wait_for("bob gone from the users database", lambda: "bob@example.com" not in users(kube, ns),
+             timeout=CONVERGE_TIMEOUT)
+    assert {"alice@example.com", "carol@example.com"} <= set(users(kube, ns))
+    converge(cluster, ns)
+    after = {s["metadata"]["name"]: s["spec"]["template"] for s in statefulsets(kube, ns)}
+    assert after == templates, "a mailbox change must not roll the pods"
+
+
+def test_delete_maildomain_collects_children_and_keeps_volumes(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    claims = [c for s in statefulsets(kube, ns) for c in cluster.create_claims_like_statefulset_controller(ns, s)]
+    assert claims, "the StatefulSets have no volumeClaimTemplates"
+    kube.delete("MailDomain", ns, DOMAIN)
+    wait_for("children collected", lambda: not children(kube, ns), timeout=CONVERGE_TIMEOUT)
+    wait_for("MailDomain gone", lambda: kube.get_opt("MailDomain", ns, DOMAIN) is None, timeout=CONVERGE_TIMEOUT)
+    for claim in claims:
+        assert kube.get_opt("PersistentVolumeClaim", ns, claim), f"PVC {claim} was deleted with the domain"
+    assert kube.get_opt("Mailbox", ns, "alice"), "Mailboxes are the user's objects, not children"
+
+
+def test_bad_mailboxes_get_conditions_and_events_while_others_reconcile(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    apply_all(kube, mailbox(ns, "mallory", "mallory", secret="does-not-exist"))
+    apply_all(kube, mailbox(ns, "alice-again", "alice"))
+    apply_all(kube, mailbox(ns, "dave", "dave"))
+
+    def reason(name: str) -> str | None:
+        mb = kube.get("Mailbox", ns, name)
+        ready = condition(mb, "Ready")
+        return ready["reason"] if ready and ready["status"] == "False" else None
+
+    wait_for("mallory PasswordSecretMissing", lambda: reason("mallory") == "PasswordSecretMissing",
+             timeout=CONVERGE_TIMEOUT)
+    wait_for("address conflict reported", lambda: "AddressConflict" in (reason("alice-again"), reason("alice")),
+             timeout=CONVERGE_TIMEOUT)
+    wait_for("an Event about mallory", lambda: events_about(kube, ns, "mallory"), timeout=CONVERGE_TIMEOUT)
+    conflicted = "alice-again" if reason("alice-again") == "AddressConflict" else "alice"
+    wait_for(f"an Event about {conflicted}", lambda: events_about(kube, ns, conflicted), timeout=CONVERGE_TIMEOUT)
+    wait_for("dave served despite the bad mailboxes", lambda: "dave@example.com" in users(kube, ns),
+             timeout=CONVERGE_TIMEOUT)
+    entries = users(kube, ns)
+    assert "mallory@example.com" not in entries
+    assert "alice@example.com" in entries and "bob@example.com" in entries
+    md = kube.get("MailDomain", ns, DOMAIN)
+    assert is_true(md, "Ready") or is_true(md, "Degraded"), md.get("status")
+
+
+def test_operator_killed_mid_reconcile_converges_after_restart(cluster, ns, operator):
+    kube = cluster.kube
+    # Hold the operator's StatefulSet writes so the kill lands after the config, before the workloads.
+    cluster.stall_writes(r"/statefulsets/", seconds=120)
+    apply_all(kube, quickstart(ns))
+    wait_for("first children written", lambda: kube.get_opt("ConfigMap", ns, f"{DOMAIN}-mta-config"),
+             timeout=CONVERGE_TIMEOUT)
+    if cluster.emulated:
+        time.sleep(1)
+        assert not statefulsets(kube, ns), "the StatefulSet writes were not held back"
+    cluster.stop_operator(operator, hard=True)
+    cluster.clear_faults()
+    cluster.start_operator()
+    md = converge(cluster, ns)
+    kids = children(kube, ns)
+    assert ("StatefulSet", f"{DOMAIN}-mta") in kids and ("StatefulSet", f"{DOMAIN}-imap") in kids
+    assert all(any(r["uid"] == md["metadata"]["uid"] for r in o["metadata"].get("ownerReferences") or [])
+               for o in kids.values())
+
+
+def test_steady_state_quiet(cluster, ns, operator):
+    """Two idle resyncs write nothing (Lease renewals of leader election aside)."""
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    time.sleep(2)  # let the reconcile that Ready triggered finish
+    cluster.reset_writes()
+    versions = resource_versions(kube, ns)
+    before = cluster.reconciles(operator)
+    sleep_until(time.monotonic() + 2 * RESYNC_SECONDS + 3)
+    after = cluster.reconciles(operator)
+    if before is not None:
+        assert after - before >= 2, f"expected two resyncs in the window, saw {after - before} reconciles"
+    assert without_leases(cluster.operator_writes()) in ({}, None), \
+        f"writes during two idle resyncs: {cluster.operator_writes()}"
+    assert resource_versions(kube, ns) == versions, "objects changed during idle resyncs"
+
+
+def test_leader_election_one_leads_and_the_other_takes_over(cluster, ns, operator):
+    kube = cluster.kube
+    first = wait_for("a leader", cluster.lease_holder, timeout=60)
+    assert first == operator
+    second = cluster.start_operator()
+    time.sleep(3)
+    assert cluster.lease_holder() == first, "the second operator took a lease that was held"
+    cluster.reset_writes()
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    if cluster.emulated:
+        assert cluster.operator_writes(second) == {}, f"the standby wrote: {cluster.operator_writes(second)}"
+        assert without_leases(cluster.operator_writes(first)), "the leader wrote nothing"
+    cluster.stop_operator(first)
+    wait_for("the standby takes over", lambda: cluster.lease_holder() == second, timeout=60)
+    spec = copy.deepcopy(quickstart(ns)[0])
+    spec["spec"]["imap"]["replicas"] = 1
+    kube.apply(spec)
+    wait_for("the new leader reconciles",
+             lambda: kube.get("StatefulSet", ns, f"{DOMAIN}-imap")["spec"]["replicas"] == 1, timeout=CONVERGE_TIMEOUT)
+
