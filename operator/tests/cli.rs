@@ -166,171 +166,6 @@ fn render_names_the_mailbox_whose_password_secret_is_missing() {
     );
 }
 
-#[test]
-fn backup_restore_prints_a_job_for_one_mailbox_from_a_snapshot() {
-    let quickstart = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/examples/quickstart.yaml"
-    );
-    let out = postwarden(&[
-        "backup",
-        "restore",
-        "--domain",
-        "example-com",
-        "-n",
-        "mail",
-        "-f",
-        quickstart,
-        "--mailbox",
-        "alice@example.com",
-        "--snapshot",
-        "057ad2fd",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.starts_with("apiVersion: batch/v1\nkind: Job\n"),
-        "{text}"
-    );
-    assert!(text.contains("generateName: example-com-restore-"));
-    assert!(text.contains("name: RESTORE_MAILBOX\n") && text.contains("value: alice@example.com"));
-    assert!(text.contains("value: 057ad2fd"));
-
-    let wrong = postwarden(&[
-        "backup",
-        "restore",
-        "--domain",
-        "example-com",
-        "-n",
-        "mail",
-        "-f",
-        quickstart,
-        "--mailbox",
-        "alice@elsewhere.example",
-    ]);
-    assert!(!wrong.status.success());
-    assert!(
-        stderr(&wrong).contains("not an address of example.com"),
-        "{}",
-        stderr(&wrong)
-    );
-
-    let missing = postwarden(&[
-        "backup", "restore", "--domain", "nope", "-n", "mail", "-f", quickstart,
-    ]);
-    assert!(!missing.status.success());
-    assert!(
-        stderr(&missing).contains("no MailDomain mail/nope"),
-        "{}",
-        stderr(&missing)
-    );
-}
-
-/// A free loopback port (bound and released; good enough for a test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Status code and body of a plain HTTP GET, once the server accepts connections.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(e) => panic!("port {port} never opened: {e}"),
-        }
-    };
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (code, body)
-}
-
-#[test]
-fn run_serves_probes_and_metrics_waits_for_the_api_and_stops_on_sigterm() {
-    // An API server that refuses every connection: the operator must keep retrying, report
-    // not-ready, and still stop cleanly.
-    let kubeconfig = write_temp(
-        "kubeconfig-closed",
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"http://127.0.0.1:1\"}\n\
-         users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u, namespace: default}\n\
-         current-context: x\n",
-    );
-    let (metrics_port, health_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postwarden"))
-        .args([
-            "run",
-            "--leader-elect=false",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--health-addr",
-            &format!("127.0.0.1:{health_port}"),
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .env_remove("POSTWARDEN_LOG_FORMAT")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("postwarden run starts");
-
-    let (code, body) = http_get(health_port, "/healthz");
-    assert_eq!((code, body.trim()), (200, "ok"));
-    let (code, _) = http_get(health_port, "/readyz");
-    assert_eq!(code, 503, "not ready before the watch caches are filled");
-    let (code, body) = http_get(metrics_port, "/metrics");
-    assert_eq!(code, 200);
-    assert!(body.contains("postwarden_leader 1"), "{body}");
-    assert!(body.contains("postwarden_maildomains 0"), "{body}");
-
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit 20 s after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let mut logs = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
-    assert!(exit.success(), "exit {exit:?}; logs:\n{logs}");
-    for line in logs.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        assert!(
-            v["level"].is_string() && v["message"].is_string() || v["fields"].is_object(),
-            "{line}"
-        );
-    }
-    assert!(logs.contains("shutdown requested"), "{logs}");
-}
-
 #[path = "support/pods.rs"]
 mod pods;
 
@@ -504,4 +339,169 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         );
         std::fs::remove_dir_all(work).unwrap();
     }
+}
+
+#[test]
+fn backup_restore_prints_a_job_for_one_mailbox_from_a_snapshot() {
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/quickstart.yaml"
+    );
+    let out = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@example.com",
+        "--snapshot",
+        "057ad2fd",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("apiVersion: batch/v1\nkind: Job\n"),
+        "{text}"
+    );
+    assert!(text.contains("generateName: example-com-restore-"));
+    assert!(text.contains("name: RESTORE_MAILBOX\n") && text.contains("value: alice@example.com"));
+    assert!(text.contains("value: 057ad2fd"));
+
+    let wrong = postwarden(&[
+        "backup",
+        "restore",
+        "--domain",
+        "example-com",
+        "-n",
+        "mail",
+        "-f",
+        quickstart,
+        "--mailbox",
+        "alice@elsewhere.example",
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("not an address of example.com"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let missing = postwarden(&[
+        "backup", "restore", "--domain", "nope", "-n", "mail", "-f", quickstart,
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no MailDomain mail/nope"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+/// A free loopback port (bound and released; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Status code and body of a plain HTTP GET, once the server accepts connections.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("port {port} never opened: {e}"),
+        }
+    };
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn run_serves_probes_and_metrics_waits_for_the_api_and_stops_on_sigterm() {
+    // An API server that refuses every connection: the operator must keep retrying, report
+    // not-ready, and still stop cleanly.
+    let kubeconfig = write_temp(
+        "kubeconfig-closed",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"http://127.0.0.1:1\"}\n\
+         users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u, namespace: default}\n\
+         current-context: x\n",
+    );
+    let (metrics_port, health_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postwarden"))
+        .args([
+            "run",
+            "--leader-elect=false",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--health-addr",
+            &format!("127.0.0.1:{health_port}"),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .env_remove("POSTWARDEN_LOG_FORMAT")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("postwarden run starts");
+
+    let (code, body) = http_get(health_port, "/healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, _) = http_get(health_port, "/readyz");
+    assert_eq!(code, 503, "not ready before the watch caches are filled");
+    let (code, body) = http_get(metrics_port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("postwarden_leader 1"), "{body}");
+    assert!(body.contains("postwarden_maildomains 0"), "{body}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit 20 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(exit.success(), "exit {exit:?}; logs:\n{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["message"].is_string() || v["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(logs.contains("shutdown requested"), "{logs}");
 }
