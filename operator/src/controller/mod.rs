@@ -60,7 +60,7 @@ pub enum LogFormat {
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Watch and manage only this namespace; all namespaces when absent.
-    #[arg(long, env = "POSTWARDEN_NAMESPACE")]
+    #[arg(long, env = "POSTWARDEN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
 
     /// Run only while holding the leader Lease, so several replicas can run safely.
