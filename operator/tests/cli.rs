@@ -330,3 +330,195 @@ fn run_serves_probes_and_metrics_waits_for_the_api_and_stops_on_sigterm() {
     }
     assert!(logs.contains("shutdown requested"), "{logs}");
 }
+
+#[path = "support/pods.rs"]
+mod pods;
+
+#[test]
+fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_root() {
+    let mut inputs = postwarden::manifest::Inputs::default();
+    postwarden::manifest::load_str(
+        std::path::Path::new("quickstart.yaml"),
+        postwarden::render::QUICKSTART,
+        &mut inputs,
+    )
+    .unwrap();
+    let children =
+        postwarden::render::objects_at(&inputs, jiff::Timestamp::now(), &mut rand::thread_rng())
+            .unwrap()
+            .remove(0);
+    // The mail images pin these users; this machine's packages gave them other ids.
+    let ids = pods::HostIds::from_names(&[
+        (postwarden::resources::ids::POSTFIX, "postfix"),
+        (postwarden::resources::ids::RSPAMD, "_rspamd"),
+        (postwarden::resources::ids::DOVECOT, "dovecot"),
+    ]);
+    // What a client sees on each port: worker processes start (as their users, chrooted where
+    // the daemon does), keys are readable, metrics come from the daemons.
+    let banner = |port: u16, want: &str| {
+        format!("timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; head -1 <&3' | grep -q '^{want}'")
+    };
+    // The served certificate chains to the rendered CA and names the mail host.
+    let tls = |work: &std::path::Path, port: u16| {
+        format!(
+            "timeout 5 openssl s_client -connect 127.0.0.1:{port} -CAfile {} -verify_hostname mail.example.com </dev/null 2>&1 | grep -q 'Verify return code: 0 (ok)'",
+            work.join("files/tls/ca.crt").display()
+        )
+    };
+    let metrics = |port: u16, want: &str| format!("http_get {port} /metrics | grep -q '^{want}'");
+    let [mta, imap] = [&children.stateful_sets[0], &children.stateful_sets[1]];
+    // What the entrypoints do when mounted files change, and what operators run by hand.
+    let postfix = pods::exec_in(mta, "postfix", &ids);
+    let auth_sidecar = pods::exec_in(mta, "dovecot-auth", &ids);
+    let dovecot = pods::exec_in(imap, "dovecot", &ids);
+    let doveadm = format!("{dovecot} doveadm -c /run/postwarden/dovecot.conf");
+    let alice = "alice@example.com correct-horse-battery-staple";
+    // Submission with AUTH end to end: Postfix asks the pod's auth sidecar over loopback.
+    let plain = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode("\0alice@example.com\0correct-horse-battery-staple")
+    };
+    let submission_auth = format!(
+        "(printf 'EHLO client.example.net\\r\\n'; sleep 1; printf 'AUTH PLAIN {plain}\\r\\n'; sleep 4; printf 'QUIT\\r\\n') \
+         | timeout 15 openssl s_client -connect 127.0.0.1:587 -starttls smtp -quiet 2>/dev/null | grep -q '^235 '"
+    );
+    let mta_work = pods::work_dir("example-com-mta");
+    let imap_work = pods::work_dir("example-com-imap");
+    let mta_checks = [
+        ("smtp", banner(25, "220")),
+        ("submission", banner(587, "220")),
+        ("submissions", tls(&mta_work, 465)),
+        ("postfix-metrics", metrics(9154, "postfix_")),
+        ("rspamd-metrics", metrics(11334, "rspamd_")),
+        (
+            "postfix reload",
+            format!("{postfix} postfix -c /etc/postwarden/config reload"),
+        ),
+        (
+            "postqueue",
+            format!("{postfix} postqueue -c /etc/postwarden/config -p"),
+        ),
+        ("submission auth", submission_auth),
+        (
+            "sidecar auth cache flush",
+            format!("{auth_sidecar} doveadm -c /etc/postwarden/config/dovecot-auth.conf auth cache flush"),
+        ),
+    ];
+    let imap_checks = [
+        ("imap", banner(143, "\\* OK")),
+        ("imaps", tls(&imap_work, 993)),
+        ("lmtp", banner(24, "220")),
+        ("dovecot-metrics", metrics(9900, "dovecot_")),
+        ("doveadm auth test", format!("{doveadm} auth test {alice}")),
+        ("doveadm user", format!("{doveadm} user alice@example.com")),
+        (
+            "doveadm auth cache flush",
+            format!("{doveadm} auth cache flush"),
+        ),
+        ("doveadm who", format!("{doveadm} who")),
+        (
+            "doveadm kick",
+            // A live IMAPS session of alice is ended: doveadm signals a process of the mail user.
+            format!(
+                "(printf 'a LOGIN {alice}\\r\\n'; sleep 8) | timeout 10 openssl s_client -connect 127.0.0.1:993 -quiet >/dev/null 2>&1 & \
+                 sleep 3; {doveadm} who | grep -q alice@example.com && {doveadm} kick alice@example.com && sleep 1 && ! {doveadm} who | grep -q alice@example.com"
+            ),
+        ),
+        ("doveadm reload", format!("{doveadm} reload")),
+    ];
+    let expected = [
+        (
+            "example-com-mta",
+            &mta_work,
+            vec![25, 465, 587, 9154, 11332, 11334, 12345],
+            &mta_checks[..],
+        ),
+        (
+            "example-com-imap",
+            &imap_work,
+            vec![24, 143, 993, 9900, 12346],
+            &imap_checks[..],
+        ),
+    ];
+    for (sts, (name, work, ports, checks)) in children.stateful_sets.iter().zip(expected) {
+        assert_eq!(sts.metadata.name.as_deref(), Some(name));
+        let checks: Vec<(&str, &str)> = checks.iter().map(|(l, c)| (*l, c.as_str())).collect();
+        let script = pods::pod_script(
+            sts,
+            &children.config_maps,
+            &children.secrets,
+            &ids,
+            work,
+            &checks,
+        );
+        let started = std::time::Instant::now();
+        let out = pods::run(&script, work);
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!(
+            "pod {name}: {} in {:.1?}",
+            report.trim().replace('\n', "; "),
+            started.elapsed()
+        );
+        assert!(out.status.success(), "{report}\n{}", stderr(&out));
+        let containers = &sts
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers;
+        for c in containers {
+            assert!(
+                report.lines().any(|l| l == format!("READY {}", c.name)),
+                "{name}/{}:\n{report}\n{}",
+                c.name,
+                stderr(&out)
+            );
+        }
+        let listening: Vec<i32> = report
+            .lines()
+            .find_map(|l| l.strip_prefix("LISTENING "))
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        for port in ports {
+            assert!(
+                listening.contains(&port),
+                "{name}: nothing on {port}: {listening:?}"
+            );
+        }
+        for (label, _) in &checks {
+            assert!(
+                report.lines().any(|l| l == format!("OK {label}")),
+                "{name}: {label}:\n{report}"
+            );
+        }
+        // Every process ends on SIGTERM well within the pod's grace period.
+        let grace = sts
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .termination_grace_period_seconds
+            .unwrap();
+        let stopped: i64 = report
+            .lines()
+            .find_map(|l| l.strip_prefix("STOPPED after "))
+            .unwrap_or_else(|| panic!("{name}: processes left after SIGTERM:\n{report}"))
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!(
+            stopped < grace,
+            "{name}: {stopped}s to stop, grace {grace}s"
+        );
+        std::fs::remove_dir_all(work).unwrap();
+    }
+}

@@ -467,8 +467,14 @@ fn containers_drop_all_capabilities_and_add_back_only_their_daemons_needs() {
         assert_eq!(sc.run_as_user, user, "{name}");
         assert_eq!(sc.run_as_non_root, Some(user != Some(0)), "{name}");
     }
-    // Postfix runs without chroot; only Dovecot's login processes chroot.
-    assert!(!mta::POSTFIX_CAPABILITIES.contains(&crate::resources::pod::caps::SYS_CHROOT));
+    // Postfix runs without chroot and without signalling its workers; Dovecot does both.
+    for cap in [
+        crate::resources::pod::caps::SYS_CHROOT,
+        crate::resources::pod::caps::KILL,
+    ] {
+        assert!(!mta::POSTFIX_CAPABILITIES.contains(&cap));
+        assert!(imap::DOVECOT_CAPABILITIES.contains(&cap));
+    }
 
     for sts in &c.stateful_sets {
         let p = pod(sts);

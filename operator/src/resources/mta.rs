@@ -20,7 +20,8 @@ pub const EXPORTER_CONTAINER: &str = "postfix-exporter";
 pub const AUTH_CONTAINER: &str = "dovecot-auth";
 
 /// The capabilities of the Postfix container (see [`caps`] for why each is needed). Postfix
-/// runs without chroot, so SYS_CHROOT stays dropped.
+/// runs without chroot, so SYS_CHROOT stays dropped; it starts, reloads and stops (in about
+/// 4 s instead of 1 s) without KILL, so that stays dropped too.
 pub const POSTFIX_CAPABILITIES: &[pod::Capability] = &[
     caps::NET_BIND_SERVICE,
     caps::SETUID,
@@ -28,7 +29,6 @@ pub const POSTFIX_CAPABILITIES: &[pod::Capability] = &[
     caps::CHOWN,
     caps::DAC_OVERRIDE,
     caps::FOWNER,
-    caps::KILL,
 ];
 
 const POSTFIX_RESOURCES: DefaultResources = DefaultResources {
@@ -76,7 +76,6 @@ pub fn build(
 ) -> StatefulSet {
     let layout = domain.layout();
     let config_dir = layout.config_dir();
-    let config_arg = config_dir.display().to_string();
     let entry = |script: &str| {
         vec![
             "/bin/sh".to_string(),
@@ -84,7 +83,13 @@ pub fn build(
         ]
     };
 
-    let postfix_status = ["postfix", "-c", config_arg.as_str(), "status"];
+    // Is the master process alive? What `postfix status` checks, without the log line it
+    // writes to the container log on every probe.
+    let alive = format!(
+        "kill -0 $(cat {})",
+        layout.queue_dir().join("pid/master.pid").display()
+    );
+    let postfix_status = ["sh", "-c", alive.as_str()];
     let postfix = Container {
         name: POSTFIX_CONTAINER.into(),
         image: Some(image.into()),
@@ -95,8 +100,8 @@ pub fn build(
             POSTFIX_RESOURCES,
         )),
         security_context: Some(pod::security_context(RunAs::Root, POSTFIX_CAPABILITIES)),
-        // Checking a large queue on start takes a while; afterwards `postfix status` asks
-        // the master process, quietly (a TCP probe would log a lost connection every time).
+        // Checking a large queue on start takes a while. A TCP probe would log a lost
+        // connection every time.
         startup_probe: Some(pod::exec_probe(&postfix_status, 2, 90)),
         readiness_probe: Some(pod::exec_probe(&postfix_status, 10, 3)),
         liveness_probe: Some(pod::exec_probe(&postfix_status, 30, 3)),
