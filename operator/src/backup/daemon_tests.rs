@@ -51,7 +51,20 @@ impl Harness {
             unsafe { libc::geteuid() } == 0,
             "the backup tests start Dovecot and need root"
         );
-        let port_base = NEXT_PORT_BASE.fetch_add(2_000, Ordering::SeqCst);
+        // Each harness takes its own range, skipping ranges another process already listens in:
+        // a Dovecot of someone else's answering our doveadm client would stall the test.
+        let port_base = loop {
+            let base = NEXT_PORT_BASE.fetch_add(2_000, Ordering::SeqCst);
+            assert!(base < 60_000, "no free port range for the backup tests");
+            let probe = Layout::local(std::path::Path::new("/nonexistent"), base, 1);
+            let free = probe
+                .listen_ports()
+                .iter()
+                .all(|(port, _)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+            if free {
+                break base;
+            }
+        };
         let dir =
             std::env::temp_dir().join(format!("postwarden-backup-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
