@@ -143,6 +143,10 @@ def converge(cluster: Cluster, namespace: str, *, seen_progressing: list | None 
         md = kube.get("MailDomain", namespace, DOMAIN)
         if seen_progressing is not None and is_true(md, "Progressing"):
             seen_progressing.append(md)
+        if seen_progressing is not None and not seen_progressing:
+            # The kubelet stays idle until Progressing has been seen: a poll must not miss the
+            # short window between the StatefulSets being applied and their pods being ready.
+            return None
         sts = statefulsets(kube, namespace)
         for s in sts:
             status = s.get("status") or {}
