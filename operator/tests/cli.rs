@@ -186,6 +186,7 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
     let ids = pods::HostIds::from_names(&[
         (postwarden::resources::ids::POSTFIX, "postfix"),
         (postwarden::resources::ids::RSPAMD, "_rspamd"),
+        (postwarden::resources::ids::DOVECOT, "dovecot"),
     ]);
     // What a client sees on each port: worker processes start (as their users, chrooted where
     // the daemon does), keys are readable, metrics come from the daemons.
@@ -203,9 +204,20 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
     let [mta, imap] = [&children.stateful_sets[0], &children.stateful_sets[1]];
     // What the entrypoints do when mounted files change, and what operators run by hand.
     let postfix = pods::exec_in(mta, "postfix", &ids);
+    let auth_sidecar = pods::exec_in(mta, "dovecot-auth", &ids);
     let dovecot = pods::exec_in(imap, "dovecot", &ids);
     let doveadm = format!("{dovecot} doveadm -c /run/postwarden/dovecot.conf");
     let alice = "alice@example.com correct-horse-battery-staple";
+    // Submission with AUTH end to end: Postfix asks the pod's auth sidecar over loopback.
+    let plain = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode("\0alice@example.com\0correct-horse-battery-staple")
+    };
+    let submission_auth = format!(
+        "(printf 'EHLO client.example.net\\r\\n'; sleep 1; printf 'AUTH PLAIN {plain}\\r\\n'; sleep 4; printf 'QUIT\\r\\n') \
+         | timeout 15 openssl s_client -connect 127.0.0.1:587 -starttls smtp -quiet 2>/dev/null | grep -q '^235 '"
+    );
     let mta_work = pods::work_dir("example-com-mta");
     let imap_work = pods::work_dir("example-com-imap");
     let mta_checks = [
@@ -221,6 +233,11 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         (
             "postqueue",
             format!("{postfix} postqueue -c /etc/postwarden/config -p"),
+        ),
+        ("submission auth", submission_auth),
+        (
+            "sidecar auth cache flush",
+            format!("{auth_sidecar} doveadm -c /etc/postwarden/config/dovecot-auth.conf auth cache flush"),
         ),
     ];
     let imap_checks = [
@@ -249,13 +266,13 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         (
             "example-com-mta",
             &mta_work,
-            vec![25, 465, 587, 9154, 11332, 11334],
+            vec![25, 465, 587, 9154, 11332, 11334, 12345],
             &mta_checks[..],
         ),
         (
             "example-com-imap",
             &imap_work,
-            vec![24, 143, 993, 9900, 12345, 12346],
+            vec![24, 143, 993, 9900, 12346],
             &imap_checks[..],
         ),
     ];
