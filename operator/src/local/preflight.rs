@@ -14,7 +14,7 @@ pub struct Program {
     pub package: &'static str,
 }
 
-/// Every program `local up` runs.
+/// Every program `local up` and the entrypoints it runs need.
 pub const PROGRAMS: &[Program] = &[
     Program {
         name: "postfix",
@@ -29,8 +29,24 @@ pub const PROGRAMS: &[Program] = &[
         package: "dovecot-core",
     },
     Program {
+        name: "doveconf",
+        package: "dovecot-core",
+    },
+    Program {
         name: "rspamd",
         package: "rspamd",
+    },
+    Program {
+        name: "sh",
+        package: "dash",
+    },
+    Program {
+        name: "find",
+        package: "findutils",
+    },
+    Program {
+        name: "cksum",
+        package: "coreutils",
     },
 ];
 

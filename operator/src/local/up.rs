@@ -14,7 +14,7 @@ use crate::manifest;
 
 use super::apply::{self, Applied};
 use super::daemon::Spec;
-use super::preflight::{self, Program};
+use super::preflight;
 use super::ready::{self, Ready};
 use super::stack::Stack;
 use super::store::Store;
@@ -31,42 +31,6 @@ const WATCH_INTERVAL_SECONDS: &str = "1";
 const SETTINGS: &str = "local-up.json";
 /// Offsets above the instance's base of the ports a Dovecot instance uses (see `Ports::shifted`).
 const HIGHEST_PORT_OFFSET: u16 = 1346;
-
-/// The programs the entrypoints run.
-const PROGRAMS: &[Program] = &[
-    Program {
-        name: "postfix",
-        package: "postfix",
-    },
-    Program {
-        name: "dovecot",
-        package: "dovecot-core",
-    },
-    Program {
-        name: "doveadm",
-        package: "dovecot-core",
-    },
-    Program {
-        name: "doveconf",
-        package: "dovecot-core",
-    },
-    Program {
-        name: "rspamd",
-        package: "rspamd",
-    },
-    Program {
-        name: "sh",
-        package: "dash",
-    },
-    Program {
-        name: "find",
-        package: "findutils",
-    },
-    Program {
-        name: "cksum",
-        package: "coreutils",
-    },
-];
 
 /// Options of `local up`.
 #[derive(Clone, Debug)]
@@ -164,7 +128,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = absolute(&options.dir)?;
     let layout = Layout::local(&dir, options.port_base, replicas);
-    preflight::find_programs(PROGRAMS)?;
+    preflight::find_programs(preflight::PROGRAMS)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
