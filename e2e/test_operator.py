@@ -9,6 +9,7 @@ import copy
 import hashlib
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -180,6 +181,31 @@ def snapshot(kube: Kube, namespace: str) -> dict[tuple[str, str], dict]:
         for o in kube.list(kind, namespace):
             out[(kind, o["metadata"]["name"])] = strip(o, True)
     return out
+
+
+def self_signed(host: str, not_before: datetime, not_after: datetime) -> dict[str, str]:
+    """A kubernetes.io/tls Secret's data: an ECDSA P-256 certificate naming `host`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return {
+        "tls.crt": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "tls.key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode(),
+    }
+
+
+def event_note(ev: dict) -> str:
+    return ev.get("note") or ev.get("message") or ""
 
 
 def without_leases(writes: dict[str, int] | None) -> dict[str, int] | None:
@@ -387,3 +413,52 @@ def test_leader_election_one_leads_and_the_other_takes_over(cluster, ns, operato
     wait_for("the new leader reconciles",
              lambda: kube.get("StatefulSet", ns, f"{DOMAIN}-imap")["spec"]["replicas"] == 1, timeout=CONVERGE_TIMEOUT)
 
+
+def test_user_certificate_missing_expiring_and_replaced_is_reported(cluster, ns, operator):
+    """tls.secretName: the operator cannot renew the certificate, so it says what it sees:
+    CertificateReady with a reason, a Warning Event before expiry, and a Normal one once fixed."""
+    kube = cluster.kube
+    docs = quickstart(ns)
+    assert docs[0]["kind"] == "MailDomain"
+    docs[0]["spec"]["tls"] = {"secretName": "user-tls"}
+    apply_all(kube, docs)
+
+    def certificate_ready() -> dict:
+        return condition(kube.get("MailDomain", ns, DOMAIN), "CertificateReady") or {}
+
+    def events(reason: str) -> list[dict]:
+        return [e for e in events_about(kube, ns, DOMAIN) if e.get("reason") == reason]
+
+    def secret(data: dict[str, str]) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "user-tls", "namespace": ns}, "stringData": data}
+
+    wait_for("CertificateReady False (SecretMissing)",
+             lambda: certificate_ready().get("reason") == "SecretMissing", timeout=CONVERGE_TIMEOUT)
+    assert certificate_ready()["status"] == "False"
+    missing = wait_for("a CertificateMissing Event", lambda: events("CertificateMissing"),
+                       timeout=CONVERGE_TIMEOUT)[0]
+    assert missing["type"] == "Warning" and "user-tls" in event_note(missing), missing
+
+    # 80 of its 90 days gone, nobody renewed it: still served, but a Warning.
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    expiring = now + timedelta(days=10)
+    kube.apply(secret(self_signed("mail.example.com", now - timedelta(days=80), expiring)))
+    wait_for("CertificateReady True (ExpiringSoon)",
+             lambda: certificate_ready().get("reason") == "ExpiringSoon", timeout=CONVERGE_TIMEOUT)
+    assert certificate_ready()["status"] == "True"
+    warning = wait_for("a CertificateExpiringSoon Event", lambda: events("CertificateExpiringSoon"),
+                       timeout=CONVERGE_TIMEOUT)[0]
+    assert warning["type"] == "Warning", warning
+    assert "has not been renewed" in event_note(warning) and "left)" in event_note(warning), warning
+    status = kube.get("MailDomain", ns, DOMAIN)["status"]["certificate"]
+    assert status["secretName"] == "user-tls"
+    assert status["notAfter"] == expiring.strftime("%Y-%m-%dT%H:%M:%SZ"), status
+
+    # Replaced with a fresh one: valid again, said once.
+    kube.apply(secret(self_signed("mail.example.com", now - timedelta(hours=1), now + timedelta(days=90))))
+    wait_for("CertificateReady True (Valid)",
+             lambda: certificate_ready().get("reason") == "Valid", timeout=CONVERGE_TIMEOUT)
+    fixed = wait_for("a CertificateValid Event", lambda: events("CertificateValid"), timeout=CONVERGE_TIMEOUT)
+    assert [e["type"] for e in fixed] == ["Normal"], fixed
+    assert len(events("CertificateExpiringSoon")) == 1 and len(events("CertificateMissing")) == 1

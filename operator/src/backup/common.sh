@@ -12,6 +12,11 @@ umask 077
 export RESTIC_REPOSITORY RESTIC_PASSWORD_FILE
 DOVEADM_CA_FILE=${DOVEADM_CA_FILE:-}
 DOVEADM_TIMEOUT=${DOVEADM_TIMEOUT:-3600}
+# A dsync whose connection carries nothing for this long is given up and tried again: over
+# tcps, Dovecot 2.3's dsync can end up with both sides waiting for the other (seen as a stall
+# in state recv_mailbox_tree); a new connection goes through.
+DSYNC_STALL_SECONDS=${DSYNC_STALL_SECONDS:-120}
+DSYNC_ATTEMPTS=${DSYNC_ATTEMPTS:-2}
 MAIL_SEPARATOR=${MAIL_SEPARATOR:-/}
 SCRATCH_DIR=${SCRATCH_DIR:-/var/lib/postwarden-backup}
 RESULT_FILE=${RESULT_FILE:-/dev/termination-log}
@@ -91,17 +96,20 @@ doveadm_as() {
   USER="$user" HOME="$home" timeout "$DOVEADM_TIMEOUT" doveadm -c "$DOVEADM_CONF" "$@"
 }
 
-# doveadm_remote HOME USER ARGS...: runs `doveadm ARGS... SERVER` against the first replica
-# that answers, in DOVEADM_SERVERS order.
+# doveadm_remote HOME USER DSYNC-ARGS...: runs `doveadm DSYNC-ARGS... SERVER` (a sync or a
+# backup) against the first replica that answers, in DOVEADM_SERVERS order, for up to
+# DSYNC_ATTEMPTS rounds.
 doveadm_remote() {
-  local home="$1" user="$2" host
+  local home="$1" user="$2" host attempt
   shift 2
-  for host in $DOVEADM_SERVERS; do
-    mark
-    if doveadm_as "$home" "$user" "$@" "$host" 2>>"$LOG"; then
-      return 0
-    fi
-    log "doveadm $1 of $user via $host failed: $(last_error)"
+  for attempt in $(seq 1 "$DSYNC_ATTEMPTS"); do
+    for host in $DOVEADM_SERVERS; do
+      mark
+      if doveadm_as "$home" "$user" "$@" -T "$DSYNC_STALL_SECONDS" "$host" 2>>"$LOG"; then
+        return 0
+      fi
+      log "doveadm $1 of $user via $host failed (attempt $attempt): $(last_error)"
+    done
   done
   return 1
 }

@@ -249,6 +249,8 @@ impl Harness {
         ])
         .env_clear()
         .env("PATH", PATH)
+        // A stalled dsync is retried after 15 s here instead of the pods' 120 s.
+        .env("DSYNC_STALL_SECONDS", "15")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         let started = Instant::now();
         let out = run(cmd, None);

@@ -28,6 +28,12 @@ pub const RSPAMD_CONF: &str = "rspamd.conf";
 /// Module overrides, included by [`RSPAMD_CONF`].
 pub const RSPAMD_MODULES_CONF: &str = "rspamd-modules.conf";
 
+/// The controller's `enable_password`, in Rspamd's hashed form (`$2$salt$key`) with a salt that
+/// is not base32 (`v` and `l` are outside Rspamd's alphabet): Rspamd refuses every password
+/// against it before hashing, so no password unlocks a privileged command. (An empty salt
+/// would do the opposite: Rspamd skips the comparison and accepts anything.)
+pub const PRIVILEGED_COMMANDS_DISABLED: &str = "$2$privilegedcommands$disabled";
+
 /// `rspamd.conf` and `rspamd-modules.conf`.
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -139,12 +145,15 @@ worker "rspamd_proxy" {{
   reject_message = "5.7.1 Message rejected as spam";
 }}
 
-# Statistics and /metrics; no password is configured, so only read-only commands are served
-# and privileged ones only to the loopback address.
+# Statistics, /ping and /metrics: read-only commands need no password, so Prometheus and the
+# kubelet can reach them (the NetworkPolicy admits only metrics scrapers and the domain's
+# pods). Privileged ones (learning, map and score edits, resets) are refused to every caller,
+# loopback included: no secure_ip, and an enable_password that no input matches (its salt is
+# not base32, so Rspamd rejects every password against it). Nothing here needs them.
 worker "controller" {{
   bind_socket = "{controller}";
   count = 1;
-  secure_ip = ["127.0.0.1", "::1"];
+  enable_password = "{disabled}";
   static_dir = "${{WWWDIR}}";
 }}
 "#,
@@ -155,6 +164,7 @@ worker "controller" {{
         milter_host = layout.milter_host,
         milter = ports.milter,
         controller = controller_bind,
+        disabled = PRIVILEGED_COMMANDS_DISABLED,
     );
     s
 }

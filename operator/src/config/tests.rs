@@ -331,9 +331,31 @@ fn rspamd_thresholds_dkim_paths_and_spam_switch() {
     let top = &files[rspamd::RSPAMD_CONF];
     assert!(top.contains("bind_socket = \"127.0.0.1:11332\";"));
     assert!(top.contains("bind_socket = \"*:11334\";"));
+    // No password in a ConfigMap: read-only commands need none, and the privileged ones are
+    // locked by a value that is not a password at all (its salt is not base32, which Rspamd
+    // refuses before hashing; an empty salt would make Rspamd accept anything).
+    let passwords: Vec<&str> = top
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("password"))
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        passwords,
+        [format!(
+            "enable_password = \"{}\";",
+            rspamd::PRIVILEGED_COMMANDS_DISABLED
+        )]
+    );
+    let salt = rspamd::PRIVILEGED_COMMANDS_DISABLED
+        .split('$')
+        .nth(2)
+        .unwrap();
+    const RSPAMD_BASE32: &str = "ybndrfg8ejkmcpqxot1uwisza345h769";
+    assert!(!salt.is_empty() && salt.chars().any(|c| !RSPAMD_BASE32.contains(c)));
     assert!(
-        !top.contains("password ="),
-        "no controller password in a ConfigMap"
+        !top.contains("secure_ip ="),
+        "loopback gets no privileges either"
     );
     assert!(!top.contains("redis"));
 

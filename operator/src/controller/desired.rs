@@ -10,8 +10,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::kinds::Child;
 use super::status::MailboxState;
-use crate::api::maildomain::{CertificateStatus, DkimStatus, DnsRecord};
+use crate::api::maildomain::{DkimStatus, DnsRecord};
 use crate::api::{MailDomain, Mailbox};
+use crate::pki::health::Served;
 
 /// Secret bytes read from a Secret. Never printed: `Debug` shows only the length.
 #[derive(Clone, PartialEq, Eq)]
@@ -55,7 +56,8 @@ pub struct Desired {
     pub excluded: BTreeMap<String, MailboxState>,
     /// Mailboxes in the users database.
     pub mailboxes: i32,
-    pub certificate: Option<CertificateStatus>,
+    /// The serving certificate and its health.
+    pub certificate: Option<Served>,
     pub dkim: Option<DkimStatus>,
     pub dns_records: Vec<DnsRecord>,
     /// When the desired state changes by itself (certificate renewal, DKIM rotation steps).

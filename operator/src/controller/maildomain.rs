@@ -212,11 +212,7 @@ async fn reconcile_domain(
     if let Some(o) = backup {
         ctx.metrics.set_backup(namespace, name, &o.metrics);
         if let Some(e) = o.event {
-            let type_ = if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
+            let type_ = event_type(e.warning);
             ctx.publish(&md.object_ref(&()), type_, e.reason, "Backup", e.note)
                 .await;
         }
@@ -438,12 +434,13 @@ async fn resolve_state_secrets(
     Ok(out)
 }
 
-/// Writes the MailDomain status if it differs from the stored one, with an Event when Ready
-/// or Degraded changes.
+/// Writes the MailDomain status if it differs from the stored one, with an Event when Ready,
+/// Degraded or CertificateReady changes.
 async fn write_status(ctx: &Context, md: &MailDomain, obs: DomainObservation) -> Result<(), Error> {
     let now = ctx.clock.now();
     let generation = md.metadata.generation.unwrap_or(0);
     let current = md.status.as_ref();
+    let served = obs.certificate.clone();
     let desired = status::domain_status(current, generation, obs, now);
     ctx.metrics.set_domain(
         md.namespace().as_deref().unwrap_or_default(),
@@ -497,7 +494,20 @@ async fn write_status(ctx: &Context, md: &MailDomain, obs: DomainObservation) ->
             .await;
         }
     }
+    if let Some(e) = served.and_then(|c| status::certificate_event(before, after, &c, now)) {
+        let type_ = event_type(e.warning);
+        ctx.publish(&md.object_ref(&()), type_, e.reason, "Certificate", e.note)
+            .await;
+    }
     Ok(())
+}
+
+fn event_type(warning: bool) -> EventType {
+    if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    }
 }
 
 /// Writes the status of every Mailbox of the domain whose status differs from the desired one.

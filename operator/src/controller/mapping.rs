@@ -59,11 +59,15 @@ pub fn mailbox_domain(mailbox: &Mailbox) -> Option<DomainKey> {
     ))
 }
 
-/// Names of Secrets a MailDomain's spec refers to (served certificate, backup credentials).
+/// Names of Secrets a MailDomain reads but does not own: the served certificate (the user's,
+/// or the one cert-manager fills) and backup credentials.
 pub fn domain_secret_refs(domain: &MailDomain) -> Vec<String> {
     let mut refs = Vec::new();
     if let Some(name) = &domain.spec.tls.secret_name {
         refs.push(name.clone());
+    } else if domain.spec.tls.cert_manager.is_some() {
+        let name = domain.metadata.name.as_deref().unwrap_or_default();
+        refs.push(crate::names::DomainNames::new(name).tls());
     }
     if let Some(s3) = domain
         .spec
@@ -195,6 +199,23 @@ mod tests {
             "Secrets are only referenced within their namespace"
         );
         assert!(idx.domains_for_secret("mail", "unrelated").is_empty());
+    }
+
+    #[test]
+    fn served_certificate_secrets_map_to_their_domain() {
+        let domain = |tls: serde_json::Value| {
+            MailDomain::new(
+                "example",
+                serde_json::from_value(serde_json::json!({"domain": "example.com", "tls": tls}))
+                    .unwrap(),
+            )
+        };
+        let own = domain(serde_json::json!({"secretName": "my-cert"}));
+        assert_eq!(domain_secret_refs(&own), ["my-cert"]);
+        let cm = domain(serde_json::json!({"certManager": {"issuerRef": {"name": "le"}}}));
+        assert_eq!(domain_secret_refs(&cm), ["example-tls"]);
+        // The internal CA's Secrets are owned by the MailDomain: mapped through the owner.
+        assert!(domain_secret_refs(&domain(serde_json::json!({}))).is_empty());
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Planner for DomainPlanner {
             children: objects,
             excluded,
             mailboxes: in_db,
-            certificate: state.certificate.clone(),
+            certificate: Some(state.certificate.clone()),
             dkim: state.dkim_status.clone(),
             dns_records: crate::dns::records(md, &state.dkim.published()),
             scheduled: state.scheduled.clone(),

@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::maildomain::{CertificateStatus, DkimStatus};
+use crate::api::maildomain::DkimStatus;
 use crate::api::MailDomain;
 use crate::dkim::{self, DkimState, RotationAction};
 use crate::names::DomainNames;
+use crate::pki::health::{self, Renewer, Served};
 use crate::pki::{self, CaAction, CaState, CertKeyPair};
 use crate::resources::secret::{text_data, InternalSecrets};
 
@@ -37,7 +38,8 @@ pub struct GeneratedState {
     pub dkim: DkimState,
     pub dkim_status: Option<DkimStatus>,
     pub tls: Tls,
-    pub certificate: Option<CertificateStatus>,
+    /// The serving certificate, wherever it comes from, and how it stands at `now`.
+    pub certificate: Served,
     /// When this state changes next by itself (DKIM and CA rotation steps, certificate renewal).
     pub scheduled: Vec<Timestamp>,
     /// What was generated or rotated just now, in words for an Event (never key material).
@@ -78,17 +80,15 @@ pub fn advance(
     let dkim_status = dkim.status(&plan);
 
     let (tls, certificate) = if let Some(name) = &md.spec.tls.secret_name {
-        let status = external_status(name, secrets.get(name));
-        (
-            Tls::Existing {
-                secret_name: name.clone(),
-            },
-            status,
-        )
+        let served = external(md, name, Renewer::User, secrets.get(name), now);
+        let tls = Tls::Existing {
+            secret_name: name.clone(),
+        };
+        (tls, served)
     } else if md.spec.tls.cert_manager.is_some() {
         let name = names.tls();
-        let status = external_status(&name, secrets.get(&name));
-        (Tls::CertManager { secret_name: name }, status)
+        let served = external(md, &name, Renewer::CertManager, secrets.get(&name), now);
+        (Tls::CertManager { secret_name: name }, served)
     } else {
         let ca = match text(&names.ca()) {
             Some(data) => CaState::from_secret_data(&data)
@@ -111,15 +111,16 @@ pub fn advance(
             ));
         }
         scheduled.push(internal.requeue_at);
-        let status = internal.status.clone();
-        (
-            Tls::Internal {
-                ca: internal.ca,
-                serving: internal.serving,
-            },
-            Some(status),
-        )
+        let served = internal.served.clone();
+        let tls = Tls::Internal {
+            ca: internal.ca,
+            serving: internal.serving,
+        };
+        (tls, served)
     };
+    // Requeue when the certificate's health changes by the clock alone (the expiry warning
+    // and expiry of a certificate someone else renews).
+    scheduled.extend(certificate.health.changes_at());
 
     Ok(GeneratedState {
         internal,
@@ -132,15 +133,27 @@ pub fn advance(
     })
 }
 
-/// Status of a certificate someone else renews: its expiry, when the Secret holds one.
-fn external_status(secret_name: &str, secret: Option<&Secret>) -> Option<CertificateStatus> {
-    let pem = text_data(secret?).remove("tls.crt")?;
-    let info = pki::inspect(&pem).ok()?;
-    Some(CertificateStatus {
+/// A certificate someone else renews, read from its Secret (absent when not created yet).
+fn external(
+    md: &MailDomain,
+    secret_name: &str,
+    renewer: Renewer,
+    secret: Option<&Secret>,
+    now: Timestamp,
+) -> Served {
+    let data = secret.map(text_data).unwrap_or_default();
+    let health = health::assess(
+        data.get("tls.crt").map(String::as_str),
+        data.get("tls.key").map(String::as_str),
+        &md.spec.mail_hostname(),
+        now,
+    );
+    Served {
         secret_name: secret_name.to_string(),
-        not_after: Some(info.not_after.to_string()),
+        renewer,
+        health,
         renewal_time: None,
-    })
+    }
 }
 
 fn describe_dkim(action: &RotationAction) -> String {
@@ -222,7 +235,7 @@ mod tests {
             .iter()
             .any(|c| c.contains("serving certificate")));
         assert!(first.dkim_status.is_some());
-        let cert = first.certificate.clone().unwrap();
+        let cert = first.certificate.status();
         assert_eq!(cert.secret_name, "example-tls");
         assert!(cert.not_after.is_some() && cert.renewal_time.is_some());
 

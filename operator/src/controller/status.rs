@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::conditions::{self, Desired};
-use crate::api::maildomain::{CertificateStatus, DkimStatus, DnsRecord};
+use crate::api::maildomain::{DkimStatus, DnsRecord};
 use crate::api::{MailDomainStatus, MailboxStatus};
+use crate::pki::health::Served;
 
 /// Rollout state of one StatefulSet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +83,7 @@ pub struct DomainObservation {
     pub outcome: Outcome,
     /// Mailboxes in the users database, when the desired state was built.
     pub mailboxes: Option<i32>,
-    pub certificate: Option<CertificateStatus>,
+    pub certificate: Option<Served>,
     pub dkim: Option<DkimStatus>,
     pub dns_records: Option<Vec<DnsRecord>>,
     pub backups: Backups,
@@ -113,7 +114,6 @@ pub mod reason {
     pub const RECONCILING: &str = "Reconciling";
     pub const PLAN_FAILED: &str = "PlanFailed";
     pub const APPLY_FAILED: &str = "ApplyFailed";
-    pub const ISSUED: &str = "Issued";
     pub const KEY_ACTIVE: &str = "KeyActive";
 }
 
@@ -259,13 +259,14 @@ pub fn domain_status(
         }
     }
     if let Some(cert) = &obs.certificate {
-        let message = match &cert.not_after {
-            Some(t) => format!("{} valid until {t}", cert.secret_name),
-            None => format!("{} in place", cert.secret_name),
-        };
         conditions::set(
             c,
-            Desired::new(conditions::CERTIFICATE_READY, true, reason::ISSUED, message),
+            Desired::new(
+                conditions::CERTIFICATE_READY,
+                cert.health.is_usable(),
+                cert.reason(),
+                cert.health.describe(&cert.secret_name),
+            ),
             generation,
             now,
         );
@@ -297,8 +298,8 @@ pub fn domain_status(
     if obs.mailboxes.is_some() {
         status.mailboxes = obs.mailboxes;
     }
-    if obs.certificate.is_some() {
-        status.certificate = obs.certificate;
+    if let Some(cert) = &obs.certificate {
+        status.certificate = Some(cert.status());
     }
     if obs.dkim.is_some() {
         status.dkim = obs.dkim;
@@ -443,9 +444,48 @@ pub fn transitioned(
     a.is_some() && a != b
 }
 
+/// An Event about the served certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The Event to publish when CertificateReady moved to a new reason: a Warning when someone
+/// has to act (expiring soon, expired, missing, unusable, wrong host), a Normal one when a
+/// certificate is usable again after that. Nothing while it stays where it was, so a resync
+/// repeats no Event; the time left is in the note, the condition keeps absolute times.
+pub fn certificate_event(
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    served: &Served,
+    now: Timestamp,
+) -> Option<CertificateEvent> {
+    if !transitioned(before, after, conditions::CERTIFICATE_READY) {
+        return None;
+    }
+    let note = served.health.event_note(&served.secret_name, now);
+    if served.needs_attention() {
+        return Some(CertificateEvent {
+            warning: true,
+            reason: served.event_reason(),
+            note,
+        });
+    }
+    let was_bad = conditions::find(before, conditions::CERTIFICATE_READY)
+        .is_some_and(|c| c.status != "True" || c.reason == crate::pki::health::EXPIRING_SOON);
+    was_bad.then(|| CertificateEvent {
+        warning: false,
+        reason: served.event_reason(),
+        note,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::health::{Health, Renewer};
     use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
     use kube::api::ObjectMeta;
 
@@ -613,11 +653,13 @@ mod tests {
     #[test]
     fn certificate_and_dkim_conditions_when_known() {
         let obs = DomainObservation {
-            certificate: Some(CertificateStatus {
-                secret_name: "d-tls".into(),
-                not_after: Some("2026-04-01T00:00:00Z".into()),
-                renewal_time: Some("2026-03-01T00:00:00Z".into()),
-            }),
+            certificate: Some(served(
+                Renewer::Operator,
+                Health::Valid {
+                    not_after: ts("2026-04-01T00:00:00Z"),
+                    warn_at: ts("2026-03-18T00:00:00Z"),
+                },
+            )),
             dkim: Some(DkimStatus {
                 active_selector: "pw2026a".into(),
                 next_selector: None,
@@ -631,8 +673,119 @@ mod tests {
             conditions::CERTIFICATE_READY
         ));
         assert!(conditions::is_true(&s.conditions, conditions::DKIM_READY));
-        assert_eq!(s.certificate.unwrap().secret_name, "d-tls");
+        let cert = s.certificate.unwrap();
+        assert_eq!(cert.secret_name, "d-tls");
+        assert_eq!(cert.not_after.as_deref(), Some("2026-04-01T00:00:00Z"));
         assert_eq!(s.dkim.unwrap().active_selector, "pw2026a");
+    }
+
+    fn served(renewer: Renewer, health: Health) -> Served {
+        Served {
+            secret_name: "d-tls".into(),
+            renewer,
+            health,
+            renewal_time: None,
+        }
+    }
+
+    #[test]
+    fn certificate_condition_and_events_follow_its_health() {
+        let not_after = ts("2026-04-01T00:00:00Z");
+        let valid = Health::Valid {
+            not_after,
+            warn_at: ts("2026-03-18T00:00:00Z"),
+        };
+        // A user's certificate over its life: valid, expiring soon, expired, replaced.
+        let steps = [
+            ("2026-01-01T00:00:00Z", valid.clone(), true, "Valid", None),
+            ("2026-02-01T00:00:00Z", valid.clone(), true, "Valid", None),
+            (
+                "2026-03-20T00:00:00Z",
+                Health::ExpiringSoon { not_after },
+                true,
+                "ExpiringSoon",
+                Some((true, "CertificateExpiringSoon", "d-tls expires at 2026-04-01T00:00:00Z and has not been renewed (12d left)")),
+            ),
+            ("2026-03-25T00:00:00Z", Health::ExpiringSoon { not_after }, true, "ExpiringSoon", None),
+            (
+                "2026-04-01T06:00:00Z",
+                Health::Expired { not_after },
+                false,
+                "Expired",
+                Some((true, "CertificateExpired", "d-tls expired at 2026-04-01T00:00:00Z; clients that verify certificates refuse it (6h ago)")),
+            ),
+            (
+                "2026-04-02T00:00:00Z",
+                Health::Valid {
+                    not_after: ts("2026-07-01T00:00:00Z"),
+                    warn_at: ts("2026-06-17T00:00:00Z"),
+                },
+                true,
+                "Valid",
+                Some((false, "CertificateValid", "d-tls valid until 2026-07-01T00:00:00Z")),
+            ),
+        ];
+        let mut current: Option<MailDomainStatus> = None;
+        for (when, health, ready, reason, event) in steps {
+            let now = ts(when);
+            let cert = served(Renewer::User, health);
+            let obs = DomainObservation {
+                certificate: Some(cert.clone()),
+                ..applied(vec![])
+            };
+            let next = domain_status(current.as_ref(), 1, obs, now);
+            let c = conditions::find(&next.conditions, conditions::CERTIFICATE_READY).unwrap();
+            assert_eq!(
+                (c.status == "True", c.reason.as_str()),
+                (ready, reason),
+                "{when}"
+            );
+            let before = current
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let got = certificate_event(&before, &next.conditions, &cert, now)
+                .map(|e| (e.warning, e.reason, e.note));
+            let want = event.map(|(w, r, n): (bool, &str, &str)| (w, r, n.to_string()));
+            assert_eq!(got, want, "{when}");
+            current = Some(next);
+        }
+    }
+
+    #[test]
+    fn missing_certificates_are_false_and_only_a_user_secret_warns() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let first = |renewer| {
+            let cert = served(renewer, Health::Missing);
+            let obs = DomainObservation {
+                certificate: Some(cert.clone()),
+                ..applied(vec![])
+            };
+            let s = domain_status(None, 1, obs, now);
+            let c = conditions::find(&s.conditions, conditions::CERTIFICATE_READY)
+                .unwrap()
+                .clone();
+            let event = certificate_event(&[], &s.conditions, &cert, now);
+            (c, event, s.certificate.unwrap())
+        };
+        let (c, event, status) = first(Renewer::User);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SecretMissing")
+        );
+        assert_eq!(c.message, "Secret d-tls has no certificate (tls.crt) yet");
+        let event = event.unwrap();
+        assert!(event.warning);
+        assert_eq!(event.reason, "CertificateMissing");
+        assert_eq!(status.not_after, None);
+
+        // cert-manager has not issued yet: False, but nobody has to act.
+        let (c, event, _) = first(Renewer::CertManager);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "WaitingForCertManager")
+        );
+        assert_eq!(event, None);
     }
 
     #[test]

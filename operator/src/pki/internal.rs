@@ -6,12 +6,11 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::ca::{advance_ca, CaAction, CaPolicy, CaState};
-use super::cert::{
-    cert_validity, issue_serving, serving_dns_names, serving_secret_data, CertKeyPair,
-};
+use super::cert::{issue_serving, serving_dns_names, serving_secret_data, CertKeyPair};
+use super::health::{assess, Renewer, Served};
 use super::renewal::{decide, RenewReason, Renewal, RenewalPolicy};
 use super::PkiError;
-use crate::api::maildomain::{CertificateStatus, MailDomainSpec};
+use crate::api::maildomain::MailDomainSpec;
 use crate::api::MailDomain;
 use crate::names::DomainNames;
 
@@ -31,8 +30,8 @@ pub struct InternalTls {
     pub renewed: Option<RenewReason>,
     /// When the CA or the certificate needs attention next.
     pub requeue_at: Timestamp,
-    /// `status.certificate`.
-    pub status: CertificateStatus,
+    /// The serving certificate as served: `status.certificate` and CertificateReady.
+    pub served: Served,
 }
 
 impl InternalTls {
@@ -82,11 +81,16 @@ pub fn advance_internal_tls(
             )))
         }
     };
-    let (_, not_after) = cert_validity(&serving.cert_pem)?;
-    let status = CertificateStatus {
+    let served = Served {
         secret_name: DomainNames::new(&md.name_any()).tls(),
-        not_after: Some(not_after.to_string()),
-        renewal_time: Some(renew_at.to_string()),
+        renewer: Renewer::Operator,
+        health: assess(
+            Some(&serving.cert_pem),
+            Some(&serving.key_pem),
+            &md.spec.mail_hostname(),
+            now,
+        ),
+        renewal_time: Some(renew_at),
     };
     Ok(InternalTls {
         ca,
@@ -94,6 +98,6 @@ pub fn advance_internal_tls(
         serving,
         renewed,
         requeue_at: progress.requeue_at.min(renew_at),
-        status,
+        served,
     })
 }

@@ -5,6 +5,8 @@
 //! - [`renewal`]: when the serving certificate is renewed ([`decide`]).
 //! - [`ca`]: when the CA is rolled, with an overlap in which the old and the new CA are both
 //!   trusted ([`decide_ca`], [`CaState`]).
+//! - [`health`]: whether a served certificate, whoever renews it, is usable, expiring soon
+//!   or expired ([`health::assess`]).
 //! - [`internal`]: one pass over both, as the controller and `render` run it
 //!   ([`advance_internal_tls`]).
 //!
@@ -13,6 +15,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod health;
 pub mod internal;
 pub mod renewal;
 
@@ -21,6 +24,7 @@ pub use cert::{
     cert_validity, inspect, is_issued_by, issue_serving, new_ca, serving_dns_names,
     serving_secret_data, CertInfo, CertKeyPair, BACKDATE,
 };
+pub use health::Health;
 pub use internal::{advance_internal_tls, ca_common_name, InternalTls};
 pub use renewal::{decide, RenewReason, Renewal, RenewalPolicy};
 

@@ -514,13 +514,14 @@ fn internal_tls_pass_creates_keeps_renews_and_follows_the_ca() {
     // Default tls.duration 2160h (90 days), renewed with 30 days left.
     let renew_at = at(t0, 60 * DAY);
     assert_eq!(first.requeue_at, renew_at);
-    assert_eq!(first.status.secret_name, "example-com-tls");
+    assert_eq!(first.served.secret_name, "example-com-tls");
+    assert_eq!(first.served.reason(), "Issued");
     assert_eq!(
-        first.status.not_after.as_deref(),
+        first.served.status().not_after.as_deref(),
         Some("2026-04-01T00:00:00Z")
     );
     assert_eq!(
-        first.status.renewal_time.as_deref(),
+        first.served.status().renewal_time.as_deref(),
         Some("2026-03-02T00:00:00Z")
     );
     let data = first.tls_secret_data();
@@ -581,4 +582,85 @@ fn internal_tls_pass_creates_keeps_renews_and_follows_the_ca() {
     assert_eq!(switched.ca_actions, [CaAction::Switch]);
     assert_eq!(switched.renewed, Some(RenewReason::IssuerChanged));
     assert!(is_issued_by(&switched.serving.cert_pem, &switched.ca.current.cert_pem).unwrap());
+}
+
+#[test]
+fn health_of_a_served_certificate_at_its_boundaries() {
+    use health::{assess, Health};
+    let t0 = ts("2026-01-01T00:00:00Z");
+    let ca = new_ca("ca", t0, 5 * 365 * DAY).unwrap();
+    let names = vec!["mail.example.com".to_string()];
+    let cert = issue_serving(&ca, &names, t0, 90 * DAY).unwrap();
+    let (crt, key) = (Some(cert.cert_pem.as_str()), Some(cert.key_pem.as_str()));
+    let host = "mail.example.com";
+    let not_after = at(t0, 90 * DAY);
+    let warn_at = at(t0, 76 * DAY);
+    let valid = Health::Valid { not_after, warn_at };
+    let soon = Health::ExpiringSoon { not_after };
+
+    // Long before and one second before the warning time; at and after it; at and after expiry.
+    assert_eq!(assess(crt, key, host, at(t0, DAY)), valid);
+    assert_eq!(valid.changes_at(), Some(warn_at));
+    assert_eq!(
+        assess(crt, key, host, before(warn_at, Duration::from_secs(1))),
+        valid
+    );
+    assert_eq!(assess(crt, key, host, warn_at), soon);
+    assert_eq!(soon.changes_at(), Some(not_after));
+    assert_eq!(
+        assess(crt, key, host, before(not_after, Duration::from_secs(1))),
+        soon
+    );
+    let expired = Health::Expired { not_after };
+    assert_eq!(assess(crt, key, host, not_after), expired);
+    assert_eq!(assess(crt, key, host, at(not_after, 30 * DAY)), expired);
+    assert!(!expired.is_usable() && soon.is_usable() && valid.is_usable());
+    // Clock skew: notBefore (t0 - 1h) still ahead; at notBefore it is valid.
+    let skewed = assess(crt, key, host, before(t0, 2 * HOUR));
+    assert_eq!(
+        skewed,
+        Health::NotYetValid {
+            not_before: before(t0, BACKDATE)
+        }
+    );
+    assert_eq!(skewed.changes_at(), Some(before(t0, BACKDATE)));
+    assert_eq!(assess(crt, key, host, before(t0, BACKDATE)), valid);
+
+    // Missing, unreadable, no key, another host; a wildcard covers the host.
+    let now = at(t0, DAY);
+    assert_eq!(assess(None, key, host, now), Health::Missing);
+    assert_eq!(assess(Some("  "), key, host, now), Health::Missing);
+    assert_eq!(assess(Some("garbage"), key, host, now).reason(), "Unusable");
+    assert_eq!(assess(crt, None, host, now).reason(), "Unusable");
+    let wrong = assess(crt, key, "mx.example.com", now);
+    assert_eq!(
+        wrong,
+        Health::WrongHost {
+            host: "mx.example.com".into(),
+            names: names.clone()
+        }
+    );
+    assert_eq!(
+        wrong.describe("example-tls"),
+        "example-tls does not name mx.example.com (it names mail.example.com)"
+    );
+    let wildcard = issue_serving(&ca, &["*.example.com".to_string()], t0, 90 * DAY).unwrap();
+    assert!(assess(Some(&wildcard.cert_pem), key, "mx.example.com", now).is_usable());
+
+    // Condition messages name the Secret and absolute times; Events add the time left.
+    let message = soon.describe("example-tls");
+    assert_eq!(
+        message,
+        format!("example-tls expires at {not_after} and has not been renewed")
+    );
+    assert_eq!(
+        soon.event_note("example-tls", before(not_after, 3 * DAY)),
+        format!("{message} (3d left)")
+    );
+    assert!(expired
+        .event_note("example-tls", at(not_after, 2 * HOUR))
+        .ends_with("(2h ago)"));
+    assert!(Health::Missing
+        .describe("user-tls")
+        .contains("Secret user-tls has no certificate"));
 }
