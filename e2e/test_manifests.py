@@ -298,7 +298,7 @@ EXPECTED_RULES = {
     ("", "secrets"): WRITE,
     ("", "services"): WRITE,
     ("", "serviceaccounts"): WRITE,
-    ("", "persistentvolumeclaims"): ["get", "list", "watch"],
+    ("", "persistentvolumeclaims"): ["get", "list", "watch", "patch"],
     ("", "pods"): ["get", "list", "watch"],
     ("", "events"): ["create", "patch"],
     ("events.k8s.io", "events"): ["create", "patch"],

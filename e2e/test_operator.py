@@ -462,3 +462,51 @@ def test_user_certificate_missing_expiring_and_replaced_is_reported(cluster, ns,
     fixed = wait_for("a CertificateValid Event", lambda: events("CertificateValid"), timeout=CONVERGE_TIMEOUT)
     assert [e["type"] for e in fixed] == ["Normal"], fixed
     assert len(events("CertificateExpiringSoon")) == 1 and len(events("CertificateMissing")) == 1
+
+
+def test_bigger_volumes_grow_the_claims_and_smaller_ones_are_refused(cluster, ns, operator):
+    kube = cluster.kube
+    apply_all(kube, quickstart(ns))
+    converge(cluster, ns)
+    imap = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
+    claims = cluster.create_claims_like_statefulset_controller(ns, imap)
+    assert claims == [f"mail-{DOMAIN}-imap-0", f"mail-{DOMAIN}-imap-1"]
+
+    def size(obj: dict) -> str:
+        return obj["spec"]["resources"]["requests"]["storage"]
+
+    def template_size() -> str | None:
+        sts = kube.get_opt("StatefulSet", ns, f"{DOMAIN}-imap")
+        return size(sts["spec"]["volumeClaimTemplates"][0]) if sts else None
+
+    def domain_with(storage: str, mta_replicas: int = 2) -> dict:
+        md = copy.deepcopy(quickstart(ns)[0])
+        md["spec"]["imap"]["storage"] = {"size": storage}
+        md["spec"]["mta"]["replicas"] = mta_replicas
+        return md
+
+    # Bigger: the claims grow, the StatefulSet comes back with the new template.
+    kube.apply(domain_with("20Gi"))
+    wait_for("claims grown to 20Gi",
+             lambda: all(size(kube.get("PersistentVolumeClaim", ns, c)) == "20Gi" for c in claims),
+             timeout=CONVERGE_TIMEOUT)
+    wait_for("IMAP StatefulSet recreated with 20Gi claims", lambda: template_size() == "20Gi",
+             timeout=CONVERGE_TIMEOUT)
+    assert kube.get("StatefulSet", ns, f"{DOMAIN}-imap")["metadata"]["uid"] != imap["metadata"]["uid"]
+    growing = [e for e in events_about(kube, ns, DOMAIN) if e.get("reason") == "VolumesGrowing"]
+    assert growing and all(c in event_note(growing[0]) for c in claims), growing
+    md = converge(cluster, ns)
+    assert not is_true(md, "Degraded"), md["status"]
+
+    # Smaller: refused and said so, while the rest of the same edit is applied.
+    kube.apply(domain_with("5Gi", mta_replicas=3))
+    wait_for("MTA scaled to 3 despite the refused volume change",
+             lambda: kube.get("StatefulSet", ns, f"{DOMAIN}-mta")["spec"]["replicas"] == 3,
+             timeout=CONVERGE_TIMEOUT)
+    degraded = wait_for("Degraded (StorageChangeRefused)",
+                        lambda: (c := condition(kube.get("MailDomain", ns, DOMAIN), "Degraded"))
+                        and c["status"] == "True" and c["reason"] == "StorageChangeRefused" and c,
+                        timeout=CONVERGE_TIMEOUT)
+    assert "cannot shrink from 20Gi to 5Gi" in degraded["message"], degraded
+    assert template_size() == "20Gi"
+    assert all(size(kube.get("PersistentVolumeClaim", ns, c)) == "20Gi" for c in claims)

@@ -32,11 +32,11 @@ def tls_context(ca_file):
 class SMTP(smtplib.SMTP):
     """SMTP to 127.0.0.1:port; STARTTLS verifies the certificate for the MX host name."""
 
-    def __init__(self, port, timeout=20):
+    def __init__(self, port, timeout=20, host=HOSTNAME):
         super().__init__(timeout=timeout, source_address=CLIENT_ADDRESS)
-        self._host = HOSTNAME
+        self._host = host
         self.connect_code, self.banner = self.connect("127.0.0.1", port)
-        self._host = HOSTNAME
+        self._host = host
 
 
 class SMTP_SSL(smtplib.SMTP_SSL):

@@ -1,10 +1,12 @@
 """One `postwarden local up` stack for the whole session, started and stopped by the suite.
 
 Ports: --port-base 20000 (MAILPATH_PORT_BASE overrides), so SMTP is 20025, submission 20587,
-IMAPS 20993 and the second Dovecot's IMAPS 30993. The stack's start-to-ready time and the
+IMAPS 20993 and the second Dovecot's IMAPS 30993. Tests of Ed25519 DKIM signing get a second,
+smaller stack at port-base + 20000, started when the first of them runs. The stack's start-to-ready time and the
 suite's wall time are printed in the summary.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -104,10 +106,27 @@ def sink():
 
 @pytest.fixture(scope="session")
 def stack(sink):
+    with running_stack(Manifest(), PORT_BASE, "") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def ed25519_stack():
+    """A second stack (port base +20000) for a domain signing with Ed25519, with its own sink."""
+    base = PORT_BASE + 20000
+    with Sink(base + 1025) as sink, running_stack(Manifest.ed25519(), base, "ed25519 ") as s:
+        s.sink = sink
+        yield s
+
+
+@contextlib.contextmanager
+def running_stack(manifest, port_base, label):
+    """`postwarden local up` of `manifest` until the block ends; start and stop times are
+    reported in the summary under `label`."""
     binary = postwarden_binary()
     directory = Path(tempfile.mkdtemp(prefix="postwarden-mailpath-"))
-    manifest = Manifest()
     s = Stack(binary, directory, manifest)
+    s.port_base = port_base
     manifest.write(s.file)
     copy_cache(RSPAMD_CACHE, directory / RSPAMD_RUN_DIR)
     log = open(directory / "local-up.log", "w")
@@ -117,7 +136,7 @@ def stack(sink):
             str(binary), "local", "up",
             "-f", str(s.file),
             "--dir", str(directory),
-            "--port-base", str(PORT_BASE),
+            "--port-base", str(port_base),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -131,11 +150,11 @@ def stack(sink):
             if time.monotonic() - started > READY_TIMEOUT:
                 raise AssertionError(f"stack not ready within {READY_TIMEOUT}s:\n{s.log()}")
             time.sleep(0.05)
-        TIMINGS["stack start-to-ready (seen by the suite)"] = time.monotonic() - started
+        TIMINGS[f"{label}stack start-to-ready (seen by the suite)"] = time.monotonic() - started
         s.ready = json.loads((directory / "ready").read_text())
-        TIMINGS["stack start-to-ready (reported by local up)"] = s.ready["readySeconds"]
+        TIMINGS[f"{label}stack start-to-ready (reported by local up)"] = s.ready["readySeconds"]
         for name, seconds in s.ready["daemonReadySeconds"].items():
-            TIMINGS[f"  {name} listening after"] = seconds
+            TIMINGS[f"  {label}{name} listening after"] = seconds
         yield s
     finally:
         stopping = time.monotonic()
@@ -146,7 +165,7 @@ def stack(sink):
         except subprocess.TimeoutExpired:
             s.process.kill()
             code = s.process.wait()
-        TIMINGS["stack stop"] = time.monotonic() - stopping
+        TIMINGS[f"{label}stack stop"] = time.monotonic() - stopping
         log.close()
         copy_cache(directory / RSPAMD_RUN_DIR, RSPAMD_CACHE)
         pids = (s.ready or {}).get("daemons", {})

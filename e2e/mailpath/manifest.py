@@ -10,6 +10,7 @@ import os
 DOMAIN = "lab.example"
 ALIAS_DOMAIN = "alias.example"
 HOSTNAME = "mail.lab.example"
+ED25519_DOMAIN = "ed.example"
 
 # localPart -> password. Passwords are long enough for any policy.
 PASSWORDS = {
@@ -23,13 +24,13 @@ PASSWORDS = {
 }
 
 
-def mailbox(local_part, **spec):
+def mailbox(local_part, domain_ref="lab", **spec):
     return {
         "apiVersion": "postwarden.dev/v1alpha1",
         "kind": "Mailbox",
         "metadata": {"name": local_part, "namespace": "mail"},
         "spec": {
-            "domainRef": {"name": "lab"},
+            "domainRef": {"name": domain_ref},
             "localPart": local_part,
             "passwordSecretRef": {"name": f"{local_part}-password"},
             **spec,
@@ -74,6 +75,26 @@ class Manifest:
             "frank": mailbox("frank"),
             "grace": mailbox("grace"),
         }
+
+    @classmethod
+    def ed25519(cls):
+        """A second, minimal domain whose DKIM keys are Ed25519 (RFC 8463), with one mailbox."""
+        m = cls()
+        m.domain = {
+            "apiVersion": "postwarden.dev/v1alpha1",
+            "kind": "MailDomain",
+            "metadata": {"name": "ed", "namespace": "mail"},
+            "spec": {
+                "domain": ED25519_DOMAIN,
+                "hostname": f"mail.{ED25519_DOMAIN}",
+                "mta": {"replicas": 1},
+                "imap": {"replicas": 1},
+                "dkim": {"algorithm": "ed25519"},
+            },
+        }
+        m.passwords = {"alice": PASSWORDS["alice"]}
+        m.mailboxes = {"alice": mailbox("alice", domain_ref="ed")}
+        return m
 
     def text(self):
         # JSON is YAML: one document per object, no YAML library needed.

@@ -6,7 +6,7 @@ import dkim
 
 from clients import IMAPS, SMTP, fetch_by_message_id, find_uid
 from dnszone import dkim_keys
-from manifest import ALIAS_DOMAIN, DOMAIN, PASSWORDS
+from manifest import ALIAS_DOMAIN, DOMAIN, ED25519_DOMAIN, PASSWORDS
 from messages import header_values, message_id, raw_message, split
 
 OUTSIDER = "sender@elsewhere.example"
@@ -72,6 +72,17 @@ def test_forward_delivers_a_copy_and_keeps_one(stack, tls):
 
 
 def test_outbound_dkim_signature_verifies_against_dns_txt(stack, tls, sink):
+    assert_signed_and_verified(stack, tls, sink, DOMAIN, "rsa-sha256")
+
+
+def test_outbound_ed25519_dkim_signature_verifies_against_dns_txt(ed25519_stack):
+    s = ed25519_stack
+    assert_signed_and_verified(s, s.tls(), s.sink, ED25519_DOMAIN, "ed25519-sha256")
+
+
+def assert_signed_and_verified(stack, tls, sink, domain, algorithm):
+    """alice@domain sends out through 587; the copy the relay receives carries a signature
+    with `algorithm` that dkimpy verifies against the key dns.txt publishes."""
     keys = dkim_keys((stack.dir / "dns.txt").read_text())
     assert keys, "dns.txt publishes a DKIM key"
 
@@ -79,9 +90,9 @@ def test_outbound_dkim_signature_verifies_against_dns_txt(stack, tls, sink):
         key = name.decode() if isinstance(name, bytes) else name
         return keys.get(key.rstrip(".") + ".", "").encode()
 
-    sender, recipient = f"alice@{DOMAIN}", "friend@elsewhere.example"
+    sender, recipient = f"alice@{domain}", "friend@elsewhere.example"
     mid, raw = raw_message(sender, recipient, "signed", b"Signed by the MTA.\r\n")
-    with SMTP(stack.port(587)) as s:
+    with SMTP(stack.port(587), host=stack.manifest.domain["spec"]["hostname"]) as s:
         s.starttls(context=tls)
         s.login(sender, PASSWORDS["alice"])
         assert s.sendmail(sender, [recipient], raw) == {}
@@ -92,8 +103,8 @@ def test_outbound_dkim_signature_verifies_against_dns_txt(stack, tls, sink):
     tags = dict(
         t.split("=", 1) for t in signatures[0].replace(" ", "").split(";") if "=" in t
     )
-    assert tags["d"] == DOMAIN
-    assert f"{tags['s']}._domainkey.{DOMAIN}." in keys, "signed with the key dns.txt publishes"
+    assert (tags["d"], tags["a"]) == (domain, algorithm), tags
+    assert f"{tags['s']}._domainkey.{domain}." in keys, "signed with the key dns.txt publishes"
     assert dkim.verify(sent.data, dnsfunc=dnsfunc), "dkimpy verifies the signature"
     tampered = sent.data.replace(b"Signed by the MTA.", b"Signed by someone else.")
     assert not dkim.verify(tampered, dnsfunc=dnsfunc), "a changed body fails verification"

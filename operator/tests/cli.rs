@@ -261,6 +261,12 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
             ),
         ),
         ("doveadm reload", format!("{doveadm} reload")),
+        (
+            // What fsGroupChangePolicy OnRootMismatch checks: group fsGroup, setgid, group
+            // rwx. Anything else makes the kubelet re-own the whole mail store on each start.
+            "mail volume root",
+            r#"[ "$(stat -c '%g %a' "$W/vol/mail")" = "$FSG 2770" ]"#.to_string(),
+        ),
     ];
     let expected = [
         (

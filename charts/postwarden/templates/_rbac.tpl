@@ -1,8 +1,9 @@
 {{/*
   The operator's rights, and nothing else. Every rule names its resources and verbs; there are
   no wildcards. Children are written with server-side apply (patch, and create for the first
-  apply) and removed by label when no longer desired (delete). PersistentVolumeClaims are only
-  read: mail storage is never deleted by the operator.
+  apply) and removed by label when no longer desired (delete). PersistentVolumeClaims are read,
+  and patched only to grow them when a spec asks for bigger volumes: mail storage is never
+  deleted by the operator.
 */}}
 {{- define "postwarden.rules" -}}
 - apiGroups: ["postwarden.dev"]
@@ -19,7 +20,7 @@
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 # The backup Jobs' pods: their termination message carries each run's result.
 - apiGroups: [""]
   resources: ["pods"]

@@ -162,8 +162,11 @@ esac
 CONF="$CONFIG/dovecot-$ORDINAL.conf"
 
 mkdir -p "$RUN" "$MAIL"
-{log_dir}chown {uid}:{uid} "$MAIL"
-chmod 0700 "$MAIL"
+{log_dir}# The volume root stays as the kubelet's fsGroupChangePolicy OnRootMismatch expects it
+# (group {uid}, setgid, group rwx): with anything less, every pod start makes the kubelet walk
+# and re-own the whole mail store. Dovecot keeps each mailbox private below it.
+chown {uid}:{uid} "$MAIL"
+chmod 2770 "$MAIL"
 # A previous run's master.pid may name a live process of this new pid namespace.
 rm -f "$RUN/dovecot/master.pid"
 # doveadm in this container finds the instance's configuration here.

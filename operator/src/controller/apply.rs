@@ -9,11 +9,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::{stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::claims::{self, ClaimStep};
 use super::context::Context;
 use super::error::Error;
 use super::kinds::{Child, ChildKind};
@@ -292,6 +294,131 @@ async fn apply_one(
     Ok(Some((child.kind, child.name.clone())))
 }
 
+/// What [`settle_claims`] did about volume size changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClaimReport {
+    /// Claims asked to grow, as `name to size`.
+    pub grown: Vec<String>,
+    /// StatefulSets deleted with their pods orphaned, to be created again with the new claim
+    /// template (the deletion event brings the next reconcile, which creates them).
+    pub recreating: Vec<String>,
+    /// Changes that cannot be made, in words; those StatefulSets keep their templates.
+    pub refused: Vec<String>,
+}
+
+/// Prepares the StatefulSets of `children` whose claim templates changed (see
+/// [`super::claims`]): grows the claims or refuses the change. Returns the children to apply
+/// now: refused ones with the current templates, recreated ones left out until they are gone.
+pub async fn settle_claims(
+    ctx: &Context,
+    namespace: &str,
+    children: &[Child],
+) -> Result<(Vec<Child>, ClaimReport), Error> {
+    let mut report = ClaimReport::default();
+    let mut out = Vec::with_capacity(children.len());
+    for child in children {
+        let current = match child.kind {
+            ChildKind::StatefulSet => ctx.stores.statefulset(namespace, &child.name),
+            _ => None,
+        };
+        let Some(current) = current.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
+            out.push(child.clone());
+            continue;
+        };
+        let refuse = |report: &mut ClaimReport, message: String| {
+            report.refused.push(message);
+            Child {
+                object: claims::with_current_templates(&child.object, &current),
+                ..child.clone()
+            }
+        };
+        match claims::plan(&current, &child.object) {
+            ClaimStep::Keep => out.push(child.clone()),
+            ClaimStep::Refuse { message } => out.push(refuse(&mut report, message)),
+            ClaimStep::Grow { claims, size } => {
+                match grow_claims(ctx, namespace, &claims, &size).await? {
+                    Ok(grown) => {
+                        report.grown.extend(grown);
+                        recreate(ctx, namespace, &current).await?;
+                        report.recreating.push(child.name.clone());
+                    }
+                    Err(message) => out.push(refuse(&mut report, message)),
+                }
+            }
+        }
+    }
+    Ok((out, report))
+}
+
+/// Grows each existing claim of `names` that asks for less than `size`. The inner error is a
+/// refusal by the API (the storage class does not allow expansion), in words.
+async fn grow_claims(
+    ctx: &Context,
+    namespace: &str,
+    names: &[String],
+    size: &str,
+) -> Result<Result<Vec<String>, String>, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut grown = Vec::new();
+    for name in names {
+        let claim = api.get_opt(name).await.map_err(|source| Error::Read {
+            what: format!("PersistentVolumeClaim {name}"),
+            source,
+        })?;
+        if !claim.is_some_and(|c| claims::needs_growing(&c, size)) {
+            continue;
+        }
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match api
+            .patch(name, &params, &Patch::Merge(claims::grow_patch(size)))
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.write("PersistentVolumeClaim", "patch");
+                grown.push(format!("{name} to {size}"));
+            }
+            Err(kube::Error::Api(e)) if matches!(e.code, 403 | 422) => {
+                return Ok(Err(format!(
+                    "PersistentVolumeClaim {name} cannot grow to {size}: {} (does its \
+                     StorageClass allow volume expansion?)",
+                    e.message
+                )))
+            }
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: ChildKind::StatefulSet,
+                    name: format!("claim {name}"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(Ok(grown))
+}
+
+/// Deletes a StatefulSet but not its pods, which keep running and are adopted by the one
+/// applied next (same selector, same pod template).
+async fn recreate(
+    ctx: &Context,
+    namespace: &str,
+    current: &k8s_openapi::api::apps::v1::StatefulSet,
+) -> Result<(), Error> {
+    let name = current.metadata.name.clone().unwrap_or_default();
+    let uid = current
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingMetadata("metadata.uid"))?;
+    let kind = ChildKind::StatefulSet;
+    if delete_child(ctx, namespace, kind, &name, uid, DeleteParams::orphan()).await? {
+        tracing::info!(name = %name, "StatefulSet deleted, pods kept, for its new volume template");
+    }
+    Ok(())
+}
+
 /// Deletes children of `domain` that are no longer desired. Returns what was deleted.
 pub async fn prune(
     ctx: &Context,
@@ -311,32 +438,48 @@ pub async fn prune(
     );
     let mut deleted = Vec::new();
     for (kind, name, uid) in selection {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), namespace, &kind.api_resource());
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                ctx.metrics.write(kind.as_str(), "delete");
-                tracing::info!(kind = %kind, name = %name, "deleted child no longer desired");
-                deleted.push((kind, name.clone()));
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    kind,
-                    name: name.clone(),
-                    source,
-                })
-            }
+        if delete_child(ctx, namespace, kind, &name, uid, DeleteParams::background()).await? {
+            tracing::info!(kind = %kind, name = %name, "deleted child no longer desired");
+            deleted.push((kind, name));
         }
-        ctx.applied.forget(kind, namespace, &name);
     }
+    Ok(deleted)
+}
+
+/// Deletes child `kind/name` if it is still the object with `uid`. False when it is gone
+/// already or was replaced by another object of that name.
+async fn delete_child(
+    ctx: &Context,
+    namespace: &str,
+    kind: ChildKind,
+    name: &str,
+    uid: String,
+    params: DeleteParams,
+) -> Result<bool, Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &kind.api_resource());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..params
+    };
+    let deleted = match api.delete(name, &params).await {
+        Ok(_) => {
+            ctx.metrics.write(kind.as_str(), "delete");
+            true
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => false,
+        Err(source) => {
+            return Err(Error::Delete {
+                kind,
+                name: name.to_string(),
+                source,
+            })
+        }
+    };
+    ctx.applied.forget(kind, namespace, name);
     Ok(deleted)
 }
 

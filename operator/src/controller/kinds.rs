@@ -2,8 +2,9 @@
 //! they are applied.
 //!
 //! PersistentVolumeClaims are deliberately not a [`ChildKind`]: the claims of the StatefulSets'
-//! volume templates hold queued and stored mail, so the operator never lists, applies or
-//! deletes them. They outlive their MailDomain until an administrator removes them.
+//! volume templates hold queued and stored mail, so the operator never applies or deletes them
+//! (it only asks them to grow, see [`super::claims`]). They outlive their MailDomain until an
+//! administrator removes them.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;

@@ -136,8 +136,12 @@ async fn reconcile_domain(
     let owner = md
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("metadata.uid"))?;
-    let report = match apply::apply_children(ctx, namespace, name, &owner, &desired.children).await
-    {
+    let applied = async {
+        let (to_apply, claims) = apply::settle_claims(ctx, namespace, &desired.children).await?;
+        let report = apply::apply_children(ctx, namespace, name, &owner, &to_apply).await?;
+        Ok::<_, Error>((report, claims))
+    };
+    let (report, claims) = match applied.await {
         Ok(r) => r,
         Err(e) => {
             let obs = DomainObservation::new(Outcome::Failed {
@@ -165,6 +169,23 @@ async fn reconcile_domain(
             "StateRotated",
             "Apply",
             desired.changes.join("; "),
+        )
+        .await;
+    }
+    if !claims.grown.is_empty() {
+        let mut note = format!("asked volumes to grow: {}", claims.grown.join(", "));
+        if !claims.recreating.is_empty() {
+            note.push_str(&format!(
+                "; recreating StatefulSet {} with the new size, its pods keep running",
+                claims.recreating.join(", ")
+            ));
+        }
+        ctx.publish(
+            &md.object_ref(&()),
+            EventType::Normal,
+            "VolumesGrowing",
+            "Apply",
+            note,
         )
         .await;
     }
@@ -198,7 +219,10 @@ async fn reconcile_domain(
         .collect();
     let backup = observe_backups(ctx, md, namespace, name, now);
     let obs = DomainObservation {
-        outcome: Outcome::Applied { workloads },
+        outcome: Outcome::Applied {
+            workloads,
+            refused: claims.refused,
+        },
         mailboxes: Some(desired.mailboxes),
         certificate: desired.certificate.clone(),
         dkim: desired.dkim.clone(),

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod claims;
 pub mod context;
 pub mod desired;
 pub mod error;

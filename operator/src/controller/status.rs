@@ -63,8 +63,13 @@ pub enum Outcome {
         reason: &'static str,
         message: String,
     },
-    /// Every child was applied; the StatefulSets are in the given state.
-    Applied { workloads: Vec<Workload> },
+    /// Every child was applied; the StatefulSets are in the given state. `refused` lists
+    /// changes that could not be made (a volume cannot shrink or change its class); the rest
+    /// of the spec was applied around them.
+    Applied {
+        workloads: Vec<Workload>,
+        refused: Vec<String>,
+    },
 }
 
 /// What is known about a domain's backups in this reconcile.
@@ -114,6 +119,7 @@ pub mod reason {
     pub const RECONCILING: &str = "Reconciling";
     pub const PLAN_FAILED: &str = "PlanFailed";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const STORAGE_CHANGE_REFUSED: &str = "StorageChangeRefused";
     pub const KEY_ACTIVE: &str = "KeyActive";
 }
 
@@ -196,7 +202,7 @@ pub fn domain_status(
                 now,
             );
         }
-        Outcome::Applied { workloads } => {
+        Outcome::Applied { workloads, refused } => {
             let summary = workloads
                 .iter()
                 .map(|w| format!("{} {}/{} ready", w.name, w.ready, w.replicas))
@@ -245,17 +251,22 @@ pub fn domain_status(
                     now,
                 );
             }
-            conditions::set(
-                c,
+            let degraded = if refused.is_empty() {
                 Desired::new(
                     conditions::DEGRADED,
                     false,
                     reason::AS_EXPECTED,
                     "every child is applied",
-                ),
-                generation,
-                now,
-            );
+                )
+            } else {
+                Desired::new(
+                    conditions::DEGRADED,
+                    true,
+                    reason::STORAGE_CHANGE_REFUSED,
+                    refused.join("; "),
+                )
+            };
+            conditions::set(c, degraded, generation, now);
         }
     }
     if let Some(cert) = &obs.certificate {
@@ -516,7 +527,10 @@ mod tests {
     fn applied(workloads: Vec<Workload>) -> DomainObservation {
         DomainObservation {
             mailboxes: Some(3),
-            ..DomainObservation::new(Outcome::Applied { workloads })
+            ..DomainObservation::new(Outcome::Applied {
+                workloads,
+                refused: vec![],
+            })
         }
     }
 
@@ -536,6 +550,22 @@ mod tests {
             .conditions
             .iter()
             .all(|c| c.observed_generation == Some(4)));
+    }
+
+    #[test]
+    fn a_refused_volume_change_is_degraded_while_the_rest_is_ready() {
+        let obs = DomainObservation::new(Outcome::Applied {
+            workloads: vec![Workload::of(&sts("d-imap", 2, 2))],
+            refused: vec!["StatefulSet d-imap: volume mail cannot shrink from 10Gi to 5Gi".into()],
+        });
+        let s = domain_status(None, 2, obs, ts("2026-01-01T00:00:00Z"));
+        assert!(conditions::is_true(&s.conditions, conditions::READY));
+        let degraded = conditions::find(&s.conditions, conditions::DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", reason::STORAGE_CHANGE_REFUSED)
+        );
+        assert!(degraded.message.contains("cannot shrink"));
     }
 
     #[test]
