@@ -34,6 +34,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
     ("postwarden.dev/v1alpha1", "MailDomain"): ("maildomains", True),
     ("postwarden.dev/v1alpha1", "Mailbox"): ("mailboxes", True),
+    ("cert-manager.io/v1", "Certificate"): ("certificates", True),
 }
 KIND_ALIASES = {kind: (api_version, kind) for (api_version, kind) in KINDS if api_version != "events.k8s.io/v1"}
 

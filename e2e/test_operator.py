@@ -510,3 +510,49 @@ def test_bigger_volumes_grow_the_claims_and_smaller_ones_are_refused(cluster, ns
     assert "cannot shrink from 20Gi to 5Gi" in degraded["message"], degraded
     assert template_size() == "20Gi"
     assert all(size(kube.get("PersistentVolumeClaim", ns, c)) == "20Gi" for c in claims)
+
+
+# Enough of cert-manager's Certificate CRD for the API to serve the kind (no controller runs).
+CERT_MANAGER_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "certificates.cert-manager.io"},
+    "spec": {
+        "group": "cert-manager.io", "scope": "Namespaced",
+        "names": {"kind": "Certificate", "listKind": "CertificateList", "plural": "certificates",
+                  "singular": "certificate"},
+        "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+                      "schema": {"openAPIV3Schema": {"type": "object",
+                                                     "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+def test_certificate_of_a_former_cert_manager_spec_is_pruned(cluster, ns, operator):
+    """Back from cert-manager to the internal CA: the Certificate goes, or cert-manager would
+    keep overwriting the Secret the operator now fills."""
+    kube = cluster.kube
+    if kube.get_opt("CustomResourceDefinition", None, CERT_MANAGER_CRD["metadata"]["name"]) is None:
+        kube.apply(CERT_MANAGER_CRD)
+    # Optional CRDs are looked up when the operator starts.
+    cluster.stop_operator(operator)
+    cluster.start_operator()
+    docs = quickstart(ns)
+    domain = docs[0]
+    domain["spec"]["tls"] = {"certManager": {"issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"}}}
+    apply_all(kube, docs)
+    name = f"{DOMAIN}-tls"
+    cert = wait_for("the cert-manager Certificate", lambda: kube.get_opt("Certificate", ns, name),
+                    timeout=CONVERGE_TIMEOUT)
+    assert cert["spec"]["secretName"] == name
+    assert cert["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+    wait_for("CertificateReady waiting for cert-manager",
+             lambda: (condition(kube.get("MailDomain", ns, DOMAIN), "CertificateReady") or {}).get("reason")
+             == "WaitingForCertManager", timeout=CONVERGE_TIMEOUT)
+
+    del domain["spec"]["tls"]
+    kube.apply(domain)
+    wait_for("the Certificate pruned", lambda: kube.get_opt("Certificate", ns, name) is None,
+             timeout=CONVERGE_TIMEOUT)
+    wait_for("CertificateReady from the internal CA",
+             lambda: (condition(kube.get("MailDomain", ns, DOMAIN), "CertificateReady") or {}).get("reason")
+             == "Issued", timeout=CONVERGE_TIMEOUT)

@@ -537,9 +537,20 @@ fn two_dovecot_instances_replicate_over_tls() {
         .imap_instance(1)
         .mail_dir
         .join("example.com/bob/Maildir/new");
-    eventually(20, "the message reaches instance 1", || {
-        fs::read_dir(&new_dir).is_ok_and(|d| d.count() == 1)
-    });
+    let deadline = delivered + std::time::Duration::from_secs(90);
+    while !fs::read_dir(&new_dir).is_ok_and(|d| d.count() == 1) {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = (0..2)
+                .map(|i| fs::read_to_string(layout.log_file(&format!("dovecot-{i}")).unwrap()))
+                .map(|l| l.unwrap_or_default())
+                .collect();
+            panic!(
+                "the message did not reach instance 1\n--- dovecot-0\n{}\n--- dovecot-1\n{}",
+                logs[0], logs[1]
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     eprintln!(
         "replication: instances up in {:?}, message on the peer {:?} after delivery",
         delivered - started,

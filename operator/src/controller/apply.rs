@@ -255,7 +255,8 @@ async fn apply_one(
 ) -> Result<Option<(ChildKind, String)>, Error> {
     let (body, hash) = prepare(child, namespace, domain, owner);
     let remembered = ctx.applied.get(child.kind, namespace, &child.name);
-    if child.kind.is_watched() {
+    let watched = ctx.stores.watches(child.kind);
+    if watched {
         let observed = ctx
             .stores
             .child_meta(child.kind, namespace, &child.name)
@@ -284,7 +285,7 @@ async fn apply_one(
             source,
         })?;
     ctx.metrics.write(child.kind.as_str(), "apply");
-    let token = if child.kind.is_watched() {
+    let token = if watched {
         change_token(&result.metadata)
     } else {
         unwatched_token(&hash)

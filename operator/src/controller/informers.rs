@@ -67,6 +67,13 @@ impl Stores {
         Ok(())
     }
 
+    /// Whether `kind` is watched: built-in kinds always, optional ones when their CRD was
+    /// installed at start-up.
+    pub fn watches(&self, kind: ChildKind) -> bool {
+        matches!(kind, ChildKind::Secret | ChildKind::StatefulSet)
+            || self.children.contains_key(&kind)
+    }
+
     /// Metadata of a child as last seen by its watch.
     pub fn child_meta(&self, kind: ChildKind, namespace: &str, name: &str) -> Option<ObjectMeta> {
         match kind {
@@ -282,6 +289,7 @@ fn spec_version(meta: &ObjectMeta) -> String {
 pub fn build(
     client: &Client,
     namespace: Option<&str>,
+    optional: &[ChildKind],
     metrics: Arc<Metrics>,
 ) -> (Stores, Triggers, BoxFuture<'static, ()>) {
     let (domain_objects_tx, domain_objects) = unbounded();
@@ -308,7 +316,7 @@ pub fn build(
     let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
     let owned_selector = watcher::Config::default().labels(DOMAIN_LABEL);
 
-    for kind in ChildKind::WATCHED {
+    for kind in ChildKind::WATCHED.into_iter().chain(optional.iter().copied()) {
         if matches!(kind, ChildKind::Secret | ChildKind::StatefulSet) {
             continue;
         }

@@ -48,9 +48,8 @@ impl ChildKind {
         ChildKind::DnsEndpoint,
     ];
 
-    /// The owned kinds the operator watches — the built-in ones, which every cluster serves —
-    /// and the only kinds it ever deletes. Certificates and DNSEndpoints belong to optional
-    /// CRDs: they are applied when a spec asks for them and collected with their MailDomain.
+    /// The owned kinds every cluster serves: always watched (and pruned when no longer
+    /// desired).
     pub const WATCHED: [ChildKind; 8] = [
         ChildKind::ConfigMap,
         ChildKind::Secret,
@@ -99,9 +98,18 @@ impl ChildKind {
         }
     }
 
-    /// Whether the operator watches (and may prune) this kind.
-    pub fn is_watched(self) -> bool {
-        ChildKind::WATCHED.contains(&self)
+    /// Kinds of optional CRDs (cert-manager, external-dns). Each is watched and pruned like
+    /// the built-in kinds when its CRD is installed at start-up; otherwise a spec asking for it
+    /// fails to apply with the API's error, and nothing of it can exist to be pruned.
+    pub const OPTIONAL: [ChildKind; 2] = [ChildKind::Certificate, ChildKind::DnsEndpoint];
+
+    /// The CustomResourceDefinition that serves an optional kind.
+    pub fn crd_name(self) -> Option<&'static str> {
+        match self {
+            ChildKind::Certificate => Some("certificates.cert-manager.io"),
+            ChildKind::DnsEndpoint => Some("dnsendpoints.externaldns.k8s.io"),
+            _ => None,
+        }
     }
 
     /// The kind named by an object's `kind` field, when the operator owns that kind.
@@ -274,7 +282,11 @@ mod tests {
             assert_eq!(ChildKind::from_kind(k.as_str()), Some(k));
             assert_eq!(k.api_resource().kind, k.as_str());
         }
-        assert!(!ChildKind::Certificate.is_watched());
+        for k in ChildKind::OPTIONAL {
+            let ar = k.api_resource();
+            assert_eq!(k.crd_name(), Some(format!("{}.{}", ar.plural, ar.group).as_str()));
+            assert!(!ChildKind::WATCHED.contains(&k));
+        }
         assert_eq!(
             ChildKind::DnsEndpoint.api_resource().api_version,
             "externaldns.k8s.io/v1alpha1"

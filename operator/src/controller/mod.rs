@@ -39,7 +39,7 @@ use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{self as kube_controller, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
+use kube::{Api, Client};
 use tokio::sync::watch;
 
 use self::context::Context;
@@ -270,6 +270,26 @@ fn on_shutdown(
     rx.map(|_| ())
 }
 
+/// The optional child kinds whose CRD is installed. One that cannot be looked up counts as
+/// absent (with a warning): its objects are then neither watched nor pruned until a restart.
+async fn installed_optional_kinds(client: &Client) -> Vec<kinds::ChildKind> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for kind in kinds::ChildKind::OPTIONAL {
+        let Some(crd) = kind.crd_name() else { continue };
+        match crds.get_opt(crd).await {
+            Ok(Some(_)) => {
+                tracing::info!(crd, "optional CRD installed: watching its objects");
+                out.push(kind);
+            }
+            Ok(None) => tracing::info!(crd, "optional CRD not installed"),
+            Err(e) => tracing::warn!(crd, error = %e, "cannot look up optional CRD; not watching it"),
+        }
+    }
+    out
+}
+
 /// Aborts a spawned task when dropped (e.g. when leadership is lost mid-run).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -287,8 +307,13 @@ async fn run_controllers(
     identity: String,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (stores, triggers, watches) =
-        informers::build(&client, config.namespace.as_deref(), metrics.clone());
+    let optional = installed_optional_kinds(&client).await;
+    let (stores, triggers, watches) = informers::build(
+        &client,
+        config.namespace.as_deref(),
+        &optional,
+        metrics.clone(),
+    );
     let _watches = AbortOnDrop(tokio::spawn(watches));
     tracing::info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
