@@ -316,7 +316,10 @@ pub fn build(
     let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
     let owned_selector = watcher::Config::default().labels(DOMAIN_LABEL);
 
-    for kind in ChildKind::WATCHED.into_iter().chain(optional.iter().copied()) {
+    for kind in ChildKind::WATCHED
+        .into_iter()
+        .chain(optional.iter().copied())
+    {
         if matches!(kind, ChildKind::Secret | ChildKind::StatefulSet) {
             continue;
         }

@@ -284,7 +284,10 @@ mod tests {
         }
         for k in ChildKind::OPTIONAL {
             let ar = k.api_resource();
-            assert_eq!(k.crd_name(), Some(format!("{}.{}", ar.plural, ar.group).as_str()));
+            assert_eq!(
+                k.crd_name(),
+                Some(format!("{}.{}", ar.plural, ar.group).as_str())
+            );
             assert!(!ChildKind::WATCHED.contains(&k));
         }
         assert_eq!(

@@ -284,7 +284,9 @@ async fn installed_optional_kinds(client: &Client) -> Vec<kinds::ChildKind> {
                 out.push(kind);
             }
             Ok(None) => tracing::info!(crd, "optional CRD not installed"),
-            Err(e) => tracing::warn!(crd, error = %e, "cannot look up optional CRD; not watching it"),
+            Err(e) => {
+                tracing::warn!(crd, error = %e, "cannot look up optional CRD; not watching it")
+            }
         }
     }
     out
