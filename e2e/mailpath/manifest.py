@@ -24,6 +24,15 @@ PASSWORDS = {
 }
 
 
+def maildomain(name, **spec):
+    return {
+        "apiVersion": "postwarden.dev/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": name, "namespace": "mail"},
+        "spec": spec,
+    }
+
+
 def mailbox(local_part, domain_ref="lab", **spec):
     return {
         "apiVersion": "postwarden.dev/v1alpha1",
@@ -52,19 +61,15 @@ class Manifest:
     """The resources in FILE, editable by tests."""
 
     def __init__(self):
-        self.domain = {
-            "apiVersion": "postwarden.dev/v1alpha1",
-            "kind": "MailDomain",
-            "metadata": {"name": "lab", "namespace": "mail"},
-            "spec": {
-                "domain": DOMAIN,
-                "aliasDomains": [ALIAS_DOMAIN],
-                "hostname": HOSTNAME,
-                "mta": {"replicas": 1},
-                "imap": {"replicas": 2},
-                "spam": {"enabled": True, "addHeaderScore": 6, "rejectScore": 15},
-            },
-        }
+        self.domain = maildomain(
+            "lab",
+            domain=DOMAIN,
+            aliasDomains=[ALIAS_DOMAIN],
+            hostname=HOSTNAME,
+            mta={"replicas": 1},
+            imap={"replicas": 2},
+            spam={"enabled": True, "addHeaderScore": 6, "rejectScore": 15},
+        )
         self.passwords = dict(PASSWORDS)
         self.mailboxes = {
             "alice": mailbox("alice", aliases=["postmaster", "sales"]),
@@ -80,18 +85,14 @@ class Manifest:
     def ed25519(cls):
         """A second, minimal domain whose DKIM keys are Ed25519 (RFC 8463), with one mailbox."""
         m = cls()
-        m.domain = {
-            "apiVersion": "postwarden.dev/v1alpha1",
-            "kind": "MailDomain",
-            "metadata": {"name": "ed", "namespace": "mail"},
-            "spec": {
-                "domain": ED25519_DOMAIN,
-                "hostname": f"mail.{ED25519_DOMAIN}",
-                "mta": {"replicas": 1},
-                "imap": {"replicas": 1},
-                "dkim": {"algorithm": "ed25519"},
-            },
-        }
+        m.domain = maildomain(
+            "ed",
+            domain=ED25519_DOMAIN,
+            hostname=f"mail.{ED25519_DOMAIN}",
+            mta={"replicas": 1},
+            imap={"replicas": 1},
+            dkim={"algorithm": "ed25519"},
+        )
         m.passwords = {"alice": PASSWORDS["alice"]}
         m.mailboxes = {"alice": mailbox("alice", domain_ref="ed")}
         return m

@@ -302,15 +302,8 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
             started.elapsed()
         );
         assert!(out.status.success(), "{report}\n{}", stderr(&out));
-        let containers = &sts
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers;
+        let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let containers = &pod.containers;
         for c in containers {
             assert!(
                 report.lines().any(|l| l == format!("READY {}", c.name)),
@@ -339,14 +332,7 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
             );
         }
         // Every process ends on SIGTERM well within the pod's grace period.
-        let grace = sts
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
+        let grace = pod
             .termination_grace_period_seconds
             .unwrap();
         let stopped: i64 = report

@@ -226,10 +226,8 @@ fn sasl_plain(port: u16, user: &str, password: &str) -> bool {
     line.starts_with("OK\t1")
 }
 
-#[test]
-fn auth_sidecar_runs_unprivileged_on_loopback_and_picks_up_user_changes() {
-    use std::os::unix::fs::PermissionsExt;
-    let (_guard, md, layout) = local_tree(1);
+/// The quickstart's mailboxes and a suspended `carol@example.com` (password `carol-pw`).
+fn with_suspended_carol() -> Vec<userdb::ResolvedMailbox> {
     let mut mailboxes = quickstart_mailboxes();
     let mut carol = mailboxes[0].clone();
     carol.local_part = "carol".into();
@@ -238,6 +236,14 @@ fn auth_sidecar_runs_unprivileged_on_loopback_and_picks_up_user_changes() {
         userdb::hash_password("carol-pw", super::testing::SALT_KEY, "carol@example.com").unwrap();
     carol.suspended = true;
     mailboxes.push(carol);
+    mailboxes
+}
+
+#[test]
+fn auth_sidecar_runs_unprivileged_on_loopback_and_picks_up_user_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_guard, md, layout) = local_tree(1);
+    let mut mailboxes = with_suspended_carol();
     write_tree(&md, &layout, &mailboxes);
 
     // As in the pod: Dovecot's user, no capability at all, its own writable runtime directory
@@ -433,14 +439,7 @@ fn lmtp_deliver(port: u16, rcpt: &str, body: &str) -> String {
 #[test]
 fn dovecot_refuses_suspended_logins_delivers_their_mail_and_picks_up_user_changes() {
     let (_guard, md, layout) = local_tree(1);
-    let mut mailboxes = quickstart_mailboxes();
-    let mut carol = mailboxes[0].clone();
-    carol.local_part = "carol".into();
-    carol.aliases.clear();
-    carol.password_hash =
-        userdb::hash_password("carol-pw", super::testing::SALT_KEY, "carol@example.com").unwrap();
-    carol.suspended = true;
-    mailboxes.push(carol);
+    let mut mailboxes = with_suspended_carol();
     write_tree(&md, &layout, &mailboxes);
 
     let config = layout.config_dir();

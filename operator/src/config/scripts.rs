@@ -72,11 +72,7 @@ pause() {
 
 fn mta(layout: &Layout) -> String {
     let mut s = String::from(PREAMBLE);
-    let log_dir = layout
-        .log_dir
-        .as_ref()
-        .map(|d| format!("mkdir -p {}\n", p(d)))
-        .unwrap_or_default();
+    let log_dir = make_log_dir(layout);
     let _ = write!(
         s,
         r#"
@@ -139,11 +135,7 @@ fn imap(md: &MailDomain, layout: &Layout) -> String {
             mail = p(&inst.mail_dir)
         );
     }
-    let log_dir = layout
-        .log_dir
-        .as_ref()
-        .map(|d| format!("mkdir -p {}\n", p(d)))
-        .unwrap_or_default();
+    let log_dir = make_log_dir(layout);
     let _ = write!(
         s,
         r#"
@@ -210,13 +202,18 @@ exit "$status"
     s
 }
 
-fn auth(layout: &Layout) -> String {
-    let mut s = String::from(PREAMBLE);
-    let log_dir = layout
+/// The line creating the log directory, when the layout logs to files (`local up`).
+fn make_log_dir(layout: &Layout) -> String {
+    layout
         .log_dir
         .as_ref()
         .map(|d| format!("mkdir -p {}\n", p(d)))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn auth(layout: &Layout) -> String {
+    let mut s = String::from(PREAMBLE);
+    let log_dir = make_log_dir(layout);
     let _ = write!(
         s,
         r#"
