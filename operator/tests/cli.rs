@@ -332,9 +332,7 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
             );
         }
         // Every process ends on SIGTERM well within the pod's grace period.
-        let grace = pod
-            .termination_grace_period_seconds
-            .unwrap();
+        let grace = pod.termination_grace_period_seconds.unwrap();
         let stopped: i64 = report
             .lines()
             .find_map(|l| l.strip_prefix("STOPPED after "))
