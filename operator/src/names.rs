@@ -81,9 +81,10 @@ impl DomainNames {
     pub fn imap_config(&self) -> String {
         self.with("imap-config")
     }
-    /// ConfigMap with the address maps Postfix routes by (no secrets: addresses only).
-    pub fn maps(&self) -> String {
-        self.with("maps")
+    /// ConfigMap with one shard of the address maps Postfix routes by (no secrets: addresses
+    /// only).
+    pub fn maps_shard(&self, shard: usize) -> String {
+        format!("{}-maps-{shard:x}", self.base)
     }
     /// Secret with one shard of the users database (password hashes).
     pub fn users_shard(&self, shard: usize) -> String {

@@ -685,8 +685,13 @@ fn postfix_refuses_relay_and_unknown_recipients_and_reloads_changed_maps() {
     );
     assert!(r[2].starts_with("530"), "{}", r[2]);
 
-    // A new alias in the mounted maps is live after the entrypoint's reload.
-    let aliases = layout.maps_dir().join(crate::userdb::MAP_ALIASES);
+    // A new alias in the mounted maps is live after the entrypoint's reload (in the file of
+    // the address's shard).
+    let shard = crate::userdb::shard_of("sales@example.com");
+    let aliases = layout.maps_dir().join(crate::userdb::map_file_name(
+        crate::userdb::MAP_ALIASES,
+        shard,
+    ));
     let mut text = fs::read_to_string(&aliases).unwrap();
     text.push_str("sales@example.com alice@example.com\n");
     fs::write(&aliases, text).unwrap();

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use crate::api::maildomain::{MailDomain, RegionRole};
 use crate::api::quantity;
-use crate::userdb::{MAP_ALIASES, MAP_MAILBOXES, MAP_SENDERS};
+use crate::userdb::{map_file_name, MAP_ALIASES, MAP_MAILBOXES, MAP_SENDERS};
 
 use super::tls::TLS12_CIPHERS;
 use super::{dovecot_auth, hostname, Layout};
@@ -39,7 +39,13 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     let domains = domains.join(", ");
     let size = quantity::to_bytes(&spec.mta.message_size_limit).unwrap_or(FALLBACK_MESSAGE_SIZE);
     let maps = layout.maps_dir();
-    let map = |name: &str| format!("texthash:{}", maps.join(name).display());
+    // Each map is split into shard files (see userdb::map_file_name); a key is in one of them.
+    let map = |name: &str| {
+        (0..crate::config::USER_SHARDS)
+            .map(|i| format!("texthash:{}", maps.join(map_file_name(name, i)).display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let tls = layout.tls_dir();
     let ports = &layout.ports;
     let local_only = layout.listen != "*";

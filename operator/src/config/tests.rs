@@ -139,10 +139,10 @@ fn postfix_is_no_open_relay_and_submission_needs_tls_and_auth() {
         "lmtp:inet:example-com-imap-hl.mail.svc:24"
     );
     assert_eq!(v("virtual_mailbox_domains"), "example.com");
-    assert_eq!(
-        v("virtual_mailbox_maps"),
-        "texthash:/etc/postwarden/maps/mailboxes"
-    );
+    let mailbox_maps: Vec<String> = (0..USER_SHARDS)
+        .map(|i| format!("texthash:/etc/postwarden/maps/mailboxes-{i:x}"))
+        .collect();
+    assert_eq!(v("virtual_mailbox_maps"), mailbox_maps.join(", "));
     assert_eq!(v("smtpd_reject_unlisted_recipient"), "yes");
     assert_eq!(v("message_size_limit"), (25 * 1024 * 1024).to_string());
     assert_eq!(v("smtpd_milters"), "inet:127.0.0.1:11332");

@@ -184,7 +184,7 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
     let mta_config = config_map::build_mta_config(&domain, crate::config::mta_files(md, &layout));
     let imap_config =
         config_map::build_imap_config(&domain, crate::config::imap_files(md, &layout));
-    let maps = config_map::build_maps(&domain, users.maps);
+    let maps = config_map::build_maps(&domain, &users);
     let mta_checksum = config_map::checksum([&mta_config]);
     let imap_checksum = config_map::checksum([&imap_config]);
 
@@ -226,7 +226,8 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
         Vec::new()
     };
 
-    let config_maps = vec![mta_config, imap_config, maps];
+    let mut config_maps = vec![mta_config, imap_config];
+    config_maps.extend(maps);
     check_sizes(&config_maps, &secrets)?;
 
     Ok(Children {

@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
 use super::Domain;
+use crate::config::USER_SHARDS;
 use crate::names::Component;
+use crate::userdb::UsersDb;
 
 /// ConfigMap `<md>-mta-config`: Postfix and Rspamd configuration (and their entrypoints).
 pub fn build_mta_config(domain: &Domain, files: BTreeMap<String, String>) -> ConfigMap {
@@ -21,10 +23,20 @@ pub fn build_imap_config(domain: &Domain, files: BTreeMap<String, String>) -> Co
     build(domain, domain.names.imap_config(), Component::Imap, files)
 }
 
-/// ConfigMap `<md>-maps`: the Postfix lookup tables (mailbox domains, mailboxes, aliases,
-/// forwards). Reloaded in place: not part of the pods' config checksum.
-pub fn build_maps(domain: &Domain, files: BTreeMap<String, String>) -> ConfigMap {
-    build(domain, domain.names.maps(), Component::Users, files)
+/// ConfigMaps `<md>-maps-<shard>`: the Postfix lookup tables (mailboxes, aliases, forwards,
+/// sender logins), one shard each, so 10,000s of addresses stay far below the 1 MiB an object
+/// may hold. Reloaded in place: not part of the pods' config checksum.
+pub fn build_maps(domain: &Domain, users: &UsersDb) -> Vec<ConfigMap> {
+    (0..USER_SHARDS)
+        .map(|i| {
+            build(
+                domain,
+                domain.names.maps_shard(i),
+                Component::Users,
+                users.map_shard(i),
+            )
+        })
+        .collect()
 }
 
 fn build(
@@ -110,8 +122,15 @@ mod tests {
     fn config_maps_carry_name_namespace_and_labels() {
         let md = testing::quickstart_domain();
         let domain = testing::domain(&md);
-        let cm = build_maps(&domain, files(&[("virtual_mailbox_maps", "a@b x\n")]));
-        assert_eq!(cm.metadata.name.as_deref(), Some("example-com-maps"));
+        let users = crate::userdb::build(&md.spec, &crate::config::testing::quickstart_mailboxes());
+        let maps = build_maps(&domain, &users);
+        assert_eq!(maps.len(), USER_SHARDS);
+        let cm = &maps[10];
+        assert_eq!(cm.metadata.name.as_deref(), Some("example-com-maps-a"));
+        assert_eq!(
+            cm.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["aliases-a", "mailboxes-a", "senders-a"]
+        );
         assert_eq!(cm.metadata.namespace.as_deref(), Some("mail"));
         assert_eq!(
             cm.metadata.labels.as_ref().unwrap()[crate::names::DOMAIN_LABEL],

@@ -195,7 +195,7 @@ pub fn build(
     let volumes = vec![
         pod::config_map_volume("config", domain.names.mta_config()),
         pod::users_volume("users", domain),
-        pod::config_map_volume("maps", domain.names.maps()),
+        pod::maps_volume("maps", domain),
         pod::secret_volume("tls", tls_secret.to_string(), &[]),
         pod::secret_volume("dkim", domain.names.dkim(), &[]),
         // Runtime state of both daemons (pid files, Postfix's TLS and postscreen caches,

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
     SecretVolumeSource, SecurityContext, TCPSocketAction, TopologySpreadConstraint, Volume,
     VolumeMount, VolumeProjection,
@@ -277,6 +277,30 @@ pub fn users_volume(volume: &str, domain: &Domain) -> Volume {
                                 path: keys::users_shard(i),
                                 ..KeyToPath::default()
                             }]),
+                            optional: Some(false),
+                        }),
+                        ..VolumeProjection::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The Postfix address maps: every shard ConfigMap's files in one directory (file names are
+/// unique across shards).
+pub fn maps_volume(volume: &str, domain: &Domain) -> Volume {
+    Volume {
+        name: volume.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(CONFIG_MODE),
+            sources: Some(
+                (0..USER_SHARDS)
+                    .map(|i| VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: domain.names.maps_shard(i),
+                            items: None,
                             optional: Some(false),
                         }),
                         ..VolumeProjection::default()

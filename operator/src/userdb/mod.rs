@@ -48,8 +48,31 @@ pub struct ResolvedMailbox {
 pub struct UsersDb {
     /// [`USER_SHARDS`] passwd-file contents; index = shard (file `<index as hex>.passwd`).
     pub shards: Vec<String>,
-    /// Postfix `texthash:` maps by file name ([`MAP_MAILBOXES`], [`MAP_ALIASES`], [`MAP_SENDERS`]).
+    /// Postfix `texthash:` maps by file name: each of [`MAP_MAILBOXES`], [`MAP_ALIASES`] and
+    /// [`MAP_SENDERS`] split into [`USER_SHARDS`] files by the shard of the key
+    /// ([`map_file_name`]), so each shard's ConfigMap stays far below the API's 1 MiB limit.
     pub maps: BTreeMap<String, String>,
+}
+
+impl UsersDb {
+    /// The map files of shard `index` (for its ConfigMap).
+    pub fn map_shard(&self, index: usize) -> BTreeMap<String, String> {
+        MAPS.iter()
+            .map(|m| {
+                let file = map_file_name(m, index);
+                let text = self.maps.get(&file).cloned().unwrap_or_default();
+                (file, text)
+            })
+            .collect()
+    }
+}
+
+/// Every Postfix map, by base name.
+pub const MAPS: [&str; 3] = [MAP_MAILBOXES, MAP_ALIASES, MAP_SENDERS];
+
+/// File of shard `index` of map `map` (`aliases-a`); a key is in the shard of [`shard_of`].
+pub fn map_file_name(map: &str, index: usize) -> String {
+    format!("{map}-{index:x}")
 }
 
 /// File name of shard `index` in the users directory (what Dovecot's `%1Mu.passwd` expands to).
@@ -122,13 +145,26 @@ pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
         }
     }
 
+    // Each map split by the shard of its key, every shard file present even when empty.
     let mut maps = BTreeMap::new();
-    maps.insert(
-        MAP_MAILBOXES.to_string(),
-        render_map(mailbox_map.iter().map(|a| (a.as_str(), "OK".to_string()))),
+    let mut add = |map: &str, entries: Vec<(&str, String)>| {
+        let mut parts = vec![Vec::new(); USER_SHARDS];
+        for (key, value) in entries {
+            parts[shard_of(key)].push((key, value));
+        }
+        for (index, part) in parts.into_iter().enumerate() {
+            maps.insert(map_file_name(map, index), render_map(part.into_iter()));
+        }
+    };
+    add(
+        MAP_MAILBOXES,
+        mailbox_map
+            .iter()
+            .map(|a| (a.as_str(), "OK".into()))
+            .collect(),
     );
-    maps.insert(MAP_ALIASES.to_string(), render_set_map(&aliases));
-    maps.insert(MAP_SENDERS.to_string(), render_set_map(&senders));
+    add(MAP_ALIASES, set_entries(&aliases));
+    add(MAP_SENDERS, set_entries(&senders));
     UsersDb { shards, maps }
 }
 
@@ -159,11 +195,14 @@ fn render_map<'a>(entries: impl Iterator<Item = (&'a str, String)>) -> String {
     out
 }
 
-fn render_set_map(map: &BTreeMap<String, BTreeSet<String>>) -> String {
-    render_map(map.iter().map(|(k, v)| {
-        let joined: Vec<&str> = v.iter().map(String::as_str).collect();
-        (k.as_str(), joined.join(", "))
-    }))
+/// `key value, value...` entries of a map whose values are sets.
+fn set_entries(map: &BTreeMap<String, BTreeSet<String>>) -> Vec<(&str, String)> {
+    map.iter()
+        .map(|(k, v)| {
+            let joined: Vec<&str> = v.iter().map(String::as_str).collect();
+            (k.as_str(), joined.join(", "))
+        })
+        .collect()
 }
 
 #[cfg(test)]

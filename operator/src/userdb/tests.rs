@@ -15,12 +15,36 @@ fn mailbox(local: &str) -> ResolvedMailbox {
     }
 }
 
+/// The entries of map `name` over all its shard files, sorted.
 fn map_lines(db: &UsersDb, name: &str) -> Vec<String> {
-    db.maps[name]
-        .lines()
+    let mut lines: Vec<String> = (0..USER_SHARDS)
+        .flat_map(|i| db.maps[&map_file_name(name, i)].lines())
         .filter(|l| !l.starts_with('#'))
         .map(str::to_string)
-        .collect()
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn every_map_entry_is_in_the_file_of_its_keys_shard() {
+    let db = build(&quickstart().spec, &quickstart_mailboxes());
+    assert_eq!(
+        db.maps.len(),
+        MAPS.len() * USER_SHARDS,
+        "every shard file exists"
+    );
+    for (file, text) in &db.maps {
+        let (map, shard) = file.rsplit_once('-').unwrap();
+        assert!(MAPS.contains(&map), "{file}");
+        let shard = usize::from_str_radix(shard, 16).unwrap();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let key = line.split_once(' ').unwrap().0;
+            assert_eq!(shard_of(key), shard, "{file}: {line}");
+        }
+    }
+    assert_eq!(db.map_shard(3).len(), MAPS.len());
+    assert_eq!(db.map_shard(3)["aliases-3"], db.maps["aliases-3"]);
 }
 
 #[test]

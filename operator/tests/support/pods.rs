@@ -319,15 +319,32 @@ fn volume_contents(
             }
             out.push((name.clone(), files, s.default_mode.unwrap(), "secret"));
         } else if let Some(p) = &v.projected {
+            // Each source's files (all keys, or its items), as the kubelet projects them.
             let mut files = BTreeMap::new();
+            let mut kind = "config";
             for source in p.sources.iter().flatten() {
-                let s = source.secret.as_ref().expect("only Secrets are projected");
-                let data = secret(&s.name);
-                for i in s.items.iter().flatten() {
-                    files.insert(i.path.clone(), data[&i.key].clone());
+                let (data, items) = match (&source.secret, &source.config_map) {
+                    (Some(s), None) => {
+                        kind = "secret";
+                        (secret(&s.name), &s.items)
+                    }
+                    (None, Some(c)) => {
+                        let data = cm(&c.name).data.clone().unwrap_or_default();
+                        let bytes = data.into_iter().map(|(k, v)| (k, v.into_bytes()));
+                        (bytes.collect(), &c.items)
+                    }
+                    _ => panic!("volume {name}: only Secrets and ConfigMaps are projected"),
+                };
+                match items {
+                    Some(items) => {
+                        for i in items {
+                            files.insert(i.path.clone(), data[&i.key].clone());
+                        }
+                    }
+                    None => files.extend(data),
                 }
             }
-            out.push((name.clone(), files, p.default_mode.unwrap(), "secret"));
+            out.push((name.clone(), files, p.default_mode.unwrap(), kind));
         } else if v.empty_dir.is_some() {
             out.push((name.clone(), BTreeMap::new(), 0o777, "empty"));
         } else {
