@@ -549,12 +549,29 @@ def test_certificate_of_a_former_cert_manager_spec_is_pruned(cluster, ns, operat
              lambda: (condition(kube.get("MailDomain", ns, DOMAIN), "CertificateReady") or {}).get("reason")
              == "WaitingForCertManager", timeout=CONVERGE_TIMEOUT)
 
-    # As `kubectl apply` (client side) or `kubectl edit` removes a field: a merge patch with
-    # null. (A server-side apply that drops tls leaves the schema defaults of issuerRef behind
-    # without its name, which the API server refuses.)
-    kube.merge_patch("MailDomain", ns, DOMAIN, {"spec": {"tls": None}})
+    # Dropped from the manifest and applied server-side, as Flux or Argo CD would.
+    del domain["spec"]["tls"]
+    kube.apply(domain)
+    assert "tls" not in kube.get("MailDomain", ns, DOMAIN)["spec"] or \
+        "certManager" not in kube.get("MailDomain", ns, DOMAIN)["spec"]["tls"]
     wait_for("the Certificate pruned", lambda: kube.get_opt("Certificate", ns, name) is None,
              timeout=CONVERGE_TIMEOUT)
     wait_for("CertificateReady from the internal CA",
              lambda: (condition(kube.get("MailDomain", ns, DOMAIN), "CertificateReady") or {}).get("reason")
              == "Issued", timeout=CONVERGE_TIMEOUT)
+
+
+def test_server_side_apply_drops_the_backup_section(cluster, ns, operator):
+    """A GitOps tool applying a manifest without spec.backup removes it; nothing the API
+    server defaulted below it stays behind (which would be refused for lacking a schedule)."""
+    kube = cluster.kube
+    docs = quickstart(ns)
+    apply_all(kube, docs)
+    wait_for("the backup CronJob", lambda: kube.get_opt("CronJob", ns, f"{DOMAIN}-backup"),
+             timeout=CONVERGE_TIMEOUT)
+    domain = docs[0]
+    del domain["spec"]["backup"]
+    kube.apply(domain)
+    assert "backup" not in kube.get("MailDomain", ns, DOMAIN)["spec"]
+    wait_for("the backup CronJob pruned", lambda: kube.get_opt("CronJob", ns, f"{DOMAIN}-backup") is None,
+             timeout=CONVERGE_TIMEOUT)
