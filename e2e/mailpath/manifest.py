@@ -83,7 +83,8 @@ class Manifest:
 
     @classmethod
     def ed25519(cls):
-        """A second, minimal domain whose DKIM keys are Ed25519 (RFC 8463), with one mailbox."""
+        """A second, minimal domain signing with an Ed25519 key (RFC 8463) and, dual signing,
+        an RSA one, with one mailbox."""
         m = cls()
         m.domain = maildomain(
             "ed",
@@ -91,7 +92,7 @@ class Manifest:
             hostname=f"mail.{ED25519_DOMAIN}",
             mta={"replicas": 1},
             imap={"replicas": 1},
-            dkim={"algorithm": "ed25519"},
+            dkim={"algorithm": "ed25519", "dualSigning": True},
         )
         m.passwords = {"alice": PASSWORDS["alice"]}
         m.mailboxes = {"alice": mailbox("alice", domain_ref="ed")}

@@ -1,6 +1,7 @@
 """Inbound mail: LMTP delivery into Dovecot, aliases and forwards, DKIM on the way out, spam."""
 
 import smtplib
+import time
 
 import dkim
 
@@ -75,14 +76,34 @@ def test_outbound_dkim_signature_verifies_against_dns_txt(stack, tls, sink):
     assert_signed_and_verified(stack, tls, sink, DOMAIN, "rsa-sha256")
 
 
-def test_outbound_ed25519_dkim_signature_verifies_against_dns_txt(ed25519_stack):
+def test_dual_signing_adds_ed25519_and_rsa_signatures_that_verify(ed25519_stack):
     s = ed25519_stack
-    assert_signed_and_verified(s, s.tls(), s.sink, ED25519_DOMAIN, "ed25519-sha256")
+    assert_signed_and_verified(s, s.tls(), s.sink, ED25519_DOMAIN, "ed25519-sha256", "rsa-sha256")
 
 
-def assert_signed_and_verified(stack, tls, sink, domain, algorithm):
-    """alice@domain sends out through 587; the copy the relay receives carries a signature
-    with `algorithm` that dkimpy verifies against the key dns.txt publishes."""
+def test_turning_dual_signing_off_reloads_the_signer_with_one_key(ed25519_stack):
+    s = ed25519_stack
+    s.manifest.domain["spec"]["dkim"]["dualSigning"] = False
+    pids = s.daemon_pids()
+    s.reload()
+    # The entrypoint notices the DKIM Secret change within its watch interval and reloads
+    # Rspamd (SIGHUP), which drops the RSA selector; the daemons keep running.
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            assert_signed_and_verified(s, s.tls(), s.sink, ED25519_DOMAIN, "ed25519-sha256")
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert s.daemon_pids() == pids
+
+
+def assert_signed_and_verified(stack, tls, sink, domain, *algorithms):
+    """alice@domain sends out through 587; the copy the relay receives carries one signature
+    per algorithm in `algorithms`, each of which dkimpy verifies against the key dns.txt
+    publishes."""
     keys = dkim_keys((stack.dir / "dns.txt").read_text())
     assert keys, "dns.txt publishes a DKIM key"
 
@@ -99,15 +120,17 @@ def assert_signed_and_verified(stack, tls, sink, domain, algorithm):
     sent = sink.wait_for(mid)
     assert sent.recipients == [recipient]
     signatures = header_values(sent.data, "DKIM-Signature")
-    assert signatures, "outbound mail carries a DKIM-Signature"
-    tags = dict(
-        t.split("=", 1) for t in signatures[0].replace(" ", "").split(";") if "=" in t
-    )
-    assert (tags["d"], tags["a"]) == (domain, algorithm), tags
-    assert f"{tags['s']}._domainkey.{domain}." in keys, "signed with the key dns.txt publishes"
-    assert dkim.verify(sent.data, dnsfunc=dnsfunc), "dkimpy verifies the signature"
-    tampered = sent.data.replace(b"Signed by the MTA.", b"Signed by someone else.")
-    assert not dkim.verify(tampered, dnsfunc=dnsfunc), "a changed body fails verification"
+    assert len(signatures) == len(algorithms), signatures
+    seen = []
+    for index, signature in enumerate(signatures):
+        tags = dict(t.split("=", 1) for t in signature.replace(" ", "").split(";") if "=" in t)
+        assert tags["d"] == domain, tags
+        seen.append(tags["a"])
+        assert f"{tags['s']}._domainkey.{domain}." in keys, "signed with a key dns.txt publishes"
+        assert verifies(sent.data, index, dnsfunc), f"dkimpy verifies {tags['a']}"
+        tampered = sent.data.replace(b"Signed by the MTA.", b"Signed by someone else.")
+        assert not verifies(tampered, index, dnsfunc), "a changed body fails verification"
+    assert sorted(seen) == sorted(algorithms), seen
 
 
 def test_gtube_is_rejected_or_marked(stack, tls):
@@ -125,3 +148,11 @@ def test_gtube_is_rejected_or_marked(stack, tls):
         _, delivered = fetch_by_message_id(imap, mid, mailbox="INBOX")
     flags = [v.lower() for v in header_values(delivered, "X-Spam") + header_values(delivered, "X-Spam-Flag")]
     assert "yes" in flags, f"GTUBE accepted without a spam mark:\n{split(delivered)[0].decode()}"
+
+
+def verifies(message, index, dnsfunc):
+    """Whether dkimpy verifies the message's signature number `index`."""
+    try:
+        return dkim.DKIM(message).verify(idx=index, dnsfunc=dnsfunc)
+    except dkim.DKIMException:
+        return False

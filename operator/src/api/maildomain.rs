@@ -345,9 +345,16 @@ fn default_issuer_group() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DkimSpec {
-    /// Key algorithm of new keys.
+    /// Key algorithm of new keys; with `dualSigning`, the primary one (its selector is
+    /// `status.dkim.activeSelector`).
     #[serde(default)]
     pub algorithm: DkimAlgorithm,
+
+    /// Also sign with a key of the other algorithm, so every message carries an RSA-2048 and an
+    /// Ed25519 signature (RFC 8463): receivers that do not verify Ed25519 yet use the RSA one.
+    /// Each key rotates on its own schedule; both are published in DNS.
+    #[serde(default)]
+    pub dual_signing: bool,
 
     /// Sign with a new key this often, as a Go duration (default 180 days).
     #[serde(default = "default_dkim_rotation")]
@@ -365,6 +372,7 @@ impl Default for DkimSpec {
     fn default() -> Self {
         Self {
             algorithm: DkimAlgorithm::default(),
+            dual_signing: false,
             rotation_period: default_dkim_rotation(),
             overlap: default_dkim_overlap(),
         }

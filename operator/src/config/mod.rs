@@ -36,6 +36,9 @@ pub mod secret_files {
 pub mod dkim_files {
     /// `domain selector` per line: the selector that signs mail of each domain.
     pub const SELECTORS_MAP: &str = "selectors.map";
+    /// Rspamd `dkim_signing` settings listing every signing selector per domain (dual signing);
+    /// included by the signer's configuration and re-read on reload.
+    pub const SIGNING_CONF: &str = "signing.conf";
     /// File name of the private key of `domain` for `selector` (PEM).
     pub fn key(domain: &str, selector: &str) -> String {
         format!("{domain}.{selector}.key")

@@ -210,7 +210,8 @@ settings {
         r#"
 # Outbound: sign mail of authenticated users for the domain and its alias domains. The key
 # of each domain is the one its selector in the map names; rotating a key is a change of the
-# DKIM Secret (new key file and map line), which Rspamd picks up without a restart.
+# DKIM Secret (new key file and map line), which Rspamd picks up by itself; with dual signing
+# the included file names both selectors.
 dkim_signing {{
   enabled = true;
   use_redis = false;
@@ -228,6 +229,9 @@ dkim_signing {{
   check_pubkey = false;
   selector_map = {selectors};
   path = {path};
+  # With dual signing: every signing selector of each domain (empty otherwise). Re-read when
+  # the entrypoint reloads Rspamd after the DKIM Secret changed.
+  .include(try=true) {signing}
 }}
 
 arc {{
@@ -266,6 +270,7 @@ fuzzy_check {{
 }}
 "#,
         selectors = q(&dkim.join(dkim_files::SELECTORS_MAP).display().to_string()),
+        signing = q(&dkim.join(dkim_files::SIGNING_CONF).display().to_string()),
         path = q(&dkim.join("$domain.$selector.key").display().to_string()),
     );
     s

@@ -268,17 +268,37 @@ fn rspamd_entry(layout: &Layout) -> String {
     let _ = write!(
         s,
         r#"
-# Rspamd in the foreground. It re-reads the DKIM selector map itself and loads keys per message.
+# Rspamd in the foreground. It re-reads the DKIM selector map itself and loads keys per
+# message; a change of the DKIM Secret (a rotation step) also reloads it (SIGHUP: new workers
+# start, the old ones finish their messages), which re-reads the dual-signing selectors.
 CONFIG={config}
 RUN={run}
+DKIM={dkim}
 mkdir -p "$RUN"
 {log_file}rm -f "$RUN/rspamd.pid"
 if [ "$(id -u)" = 0 ]; then
   chown _rspamd:_rspamd "$RUN"
   set -- -u _rspamd -g _rspamd
 fi
-exec rspamd -f -c "$CONFIG/{conf}" "$@"
+rspamd -f -c "$CONFIG/{conf}" "$@" &
+PID=$!
+trap 'log "stopping Rspamd"; kill -TERM "$PID" 2>/dev/null || true' TERM INT
+
+last=$(fingerprint "$DKIM")
+while kill -0 "$PID" 2>/dev/null; do
+  pause
+  now=$(fingerprint "$DKIM")
+  if [ "$now" != "$last" ]; then
+    last=$now
+    log "DKIM keys changed: reloading Rspamd"
+    kill -HUP "$PID" 2>/dev/null || true
+  fi
+done
+status=0
+wait "$PID" || status=$?
+exit "$status"
 "#,
+        dkim = p(&layout.dkim_dir()),
         config = p(&layout.config_dir()),
         run = p(&layout.rspamd_run_dir()),
         conf = rspamd::RSPAMD_CONF,

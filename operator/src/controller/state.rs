@@ -165,6 +165,7 @@ fn describe_dkim(action: &RotationAction) -> String {
             format!("generated DKIM key {selector} (published ahead of use)")
         }
         RotationAction::Activate { selector } => format!("DKIM signing switched to {selector}"),
+        RotationAction::Retire { selector } => format!("stopped signing with DKIM key {selector}"),
         RotationAction::Drop { selector } => format!("retired DKIM key {selector}"),
     }
 }

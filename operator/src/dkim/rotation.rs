@@ -10,7 +10,11 @@
 //!
 //! Every step records its real time, so after downtime the schedule resumes from what actually
 //! happened, and a next key always gets its full overlap in DNS before signing switches to it.
-//! Changing `spec.dkim.algorithm` starts a rotation at once (the next key uses the new algorithm).
+//! Each signing algorithm is a lane of its own with these steps (two lanes with
+//! `spec.dkim.dualSigning`). A lane added to a domain that already signs starts with a next key
+//! published for the overlap; a lane no longer wanted (the algorithm changed, or dual signing was
+//! turned off) stops signing once every wanted lane signs, and its key is dropped an overlap
+//! later. So changing `spec.dkim.algorithm` rotates at once, with the full overlap.
 //! A key is never regenerated: only these steps add or remove keys.
 
 use std::collections::BTreeMap;
@@ -28,7 +32,10 @@ use crate::config::dkim_files;
 /// The rotation settings of `spec.dkim`, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RotationPolicy {
+    /// The primary algorithm.
     pub algorithm: DkimAlgorithm,
+    /// Whether a key of the other algorithm signs too.
+    pub dual: bool,
     pub period: Duration,
     pub overlap: Duration,
 }
@@ -57,9 +64,23 @@ impl RotationPolicy {
         }
         Ok(Self {
             algorithm: spec.algorithm,
+            dual: spec.dual_signing,
             period,
             overlap,
         })
+    }
+
+    /// The algorithms that sign, primary first: one rotation lane each.
+    pub fn algorithms(&self) -> Vec<DkimAlgorithm> {
+        let mut out = vec![self.algorithm];
+        if self.dual {
+            out.extend(
+                [DkimAlgorithm::Rsa2048, DkimAlgorithm::Ed25519]
+                    .into_iter()
+                    .filter(|a| *a != self.algorithm),
+            );
+        }
+        out
     }
 }
 
@@ -115,8 +136,10 @@ pub enum RotationAction {
         selector: String,
         algorithm: DkimAlgorithm,
     },
-    /// Sign with this key; the key that signed so far is retired.
+    /// Sign with this key; the key of its algorithm that signed so far is retired.
     Activate { selector: String },
+    /// Stop signing with this key (its algorithm no longer signs); it stays published.
+    Retire { selector: String },
     /// Remove this key from the Secret and from DNS.
     Drop { selector: String },
 }
@@ -128,8 +151,10 @@ pub struct RotationPlan {
     pub actions: Vec<RotationAction>,
     /// Exactly when the next step falls due.
     pub requeue_at: Timestamp,
-    /// When signing moves to a new key next (for `status.dkim.nextRotation`).
+    /// When signing moves to a new key next, in any lane (for `status.dkim.nextRotation`).
     pub next_rotation: Option<Timestamp>,
+    /// The primary algorithm (its key is `status.dkim.activeSelector`).
+    pub primary: DkimAlgorithm,
 }
 
 /// Plans the rotation of `state` under `spec` at `now`.
@@ -139,6 +164,7 @@ pub struct RotationPlan {
 pub fn plan_rotation(state: &DkimState, spec: &DkimSpec, now: Timestamp) -> RotationPlan {
     let policy = RotationPolicy::from_spec(spec).unwrap_or_else(|_| RotationPolicy {
         algorithm: spec.algorithm,
+        dual: spec.dual_signing,
         ..RotationPolicy::default()
     });
     plan(state, &policy, now)
@@ -170,6 +196,7 @@ pub fn plan(state: &DkimState, policy: &RotationPolicy, now: Timestamp) -> Rotat
                 actions,
                 requeue_at: due.max(now),
                 next_rotation: next_switch(&keys, policy),
+                primary: policy.algorithm,
             };
         }
         apply_step(&mut keys, &action, now, |algorithm, selector| {
@@ -184,14 +211,32 @@ pub fn plan(state: &DkimState, policy: &RotationPolicy, now: Timestamp) -> Rotat
 const MAX_STEPS: usize = 16;
 
 impl DkimState {
-    /// The key that signs.
+    /// The signing key activated last (of any algorithm).
     pub fn active(&self) -> Option<&StoredKey> {
-        active(&self.keys)
+        self.signing()
+            .into_iter()
+            .max_by_key(|k| (k.activated, k.created))
     }
 
-    /// The key published ahead of the next switch.
-    pub fn next(&self) -> Option<&StoredKey> {
-        next(&self.keys)
+    /// The signing key of `algorithm`, falling back to [`Self::active`] while that algorithm's
+    /// lane has none yet (right after an algorithm change).
+    pub fn primary(&self, algorithm: DkimAlgorithm) -> Option<&StoredKey> {
+        active(&self.keys, algorithm).or_else(|| self.active())
+    }
+
+    /// Every key that signs (one per algorithm), by selector.
+    pub fn signing(&self) -> Vec<&StoredKey> {
+        let mut out: Vec<&StoredKey> = [DkimAlgorithm::Rsa2048, DkimAlgorithm::Ed25519]
+            .into_iter()
+            .filter_map(|a| active(&self.keys, a))
+            .collect();
+        out.sort_by(|a, b| a.key.selector.cmp(&b.key.selector));
+        out
+    }
+
+    /// The key of `algorithm` published ahead of its next switch.
+    pub fn next(&self, algorithm: DkimAlgorithm) -> Option<&StoredKey> {
+        next(&self.keys, algorithm)
     }
 
     /// Every key to publish in DNS (active, next and retired), oldest first.
@@ -223,10 +268,10 @@ impl DkimState {
 
     /// `status.dkim` for this state and its plan.
     pub fn status(&self, plan: &RotationPlan) -> Option<DkimStatus> {
-        let active = self.active()?;
+        let active = self.primary(plan.primary)?;
         Some(DkimStatus {
             active_selector: active.key.selector.clone(),
-            next_selector: self.next().map(|n| n.key.selector.clone()),
+            next_selector: self.next(plan.primary).map(|n| n.key.selector.clone()),
             next_rotation: plan.next_rotation.map(|t| t.to_string()),
         })
     }
@@ -234,10 +279,11 @@ impl DkimState {
     /// The DKIM Secret's data: `state.json` (selectors, algorithms and timestamps) and one
     /// `<selector>.key` per key (private PEM), which [`Self::from_secret_data`] reads back;
     /// and the signer's files ([`crate::config::dkim_files`]): `selectors.map` naming the
-    /// active selector of the domain and of each alias domain, and the active key as
-    /// `<domain>.<selector>.key` for each, in the signer's form ([`DkimKey::signer_key`]).
-    /// A rotation changes only this Secret; the signer re-reads the map and keys without a
-    /// restart or a configuration change.
+    /// primary signing selector of the domain and of each alias domain, every signing key as
+    /// `<domain>.<selector>.key` for each, in the signer's form ([`DkimKey::signer_key`]), and
+    /// `signing.conf`, which lists every signing selector per domain when more than one key
+    /// signs (dual signing) and is otherwise empty. A rotation changes only this Secret: the
+    /// signer re-reads the map and keys by itself and is reloaded for `signing.conf`.
     pub fn to_secret_data(
         &self,
         spec: &MailDomainSpec,
@@ -263,15 +309,23 @@ impl DkimState {
             data.insert(key_file(&k.key.selector), k.key.private_pem.clone());
         }
         let mut map = String::new();
-        if let Some(active) = self.active() {
-            let selector = &active.key.selector;
-            let signer_key = active.key.signer_key()?;
+        if let Some(primary) = self.primary(spec.dkim.algorithm) {
             for domain in spec.all_domains() {
-                map.push_str(&format!("{domain} {selector}\n"));
-                data.insert(dkim_files::key(domain, selector), signer_key.clone());
+                map.push_str(&format!("{domain} {}\n", primary.key.selector));
+            }
+        }
+        let signing = self.signing();
+        for k in &signing {
+            let signer_key = k.key.signer_key()?;
+            for domain in spec.all_domains() {
+                data.insert(dkim_files::key(domain, &k.key.selector), signer_key.clone());
             }
         }
         data.insert(dkim_files::SELECTORS_MAP.to_string(), map);
+        data.insert(
+            dkim_files::SIGNING_CONF.to_string(),
+            signing_conf(spec, &signing),
+        );
         Ok(data)
     }
 
@@ -311,6 +365,29 @@ impl DkimState {
     }
 }
 
+/// Rspamd `dkim_signing` settings naming every signing selector of each domain, when more than
+/// one key signs; keys are found by the module's `path` template (`$domain.$selector.key`).
+fn signing_conf(spec: &MailDomainSpec, signing: &[&StoredKey]) -> String {
+    let mut out = String::from("# Generated by postwarden; do not edit.\n");
+    if signing.len() < 2 {
+        out.push_str("# One key signs: the selector map names it.\n");
+        return out;
+    }
+    out.push_str("domain {\n");
+    for domain in spec.all_domains() {
+        out.push_str(&format!("  \"{domain}\" {{\n    selectors = [\n"));
+        for k in signing {
+            out.push_str(&format!(
+                "      {{ selector = \"{}\"; }},\n",
+                k.key.selector
+            ));
+        }
+        out.push_str("    ];\n  }\n");
+    }
+    out.push_str("}\n");
+    out
+}
+
 /// Name of the state entry in the DKIM Secret.
 pub const STATE_KEY: &str = "state.json";
 /// Secret entry holding the private PEM of `selector` (the signer reads its own copies).
@@ -335,15 +412,17 @@ struct StoredMeta {
     retired: Option<Timestamp>,
 }
 
-fn active(keys: &[StoredKey]) -> Option<&StoredKey> {
+/// The key of `lane` that signs.
+fn active(keys: &[StoredKey], lane: DkimAlgorithm) -> Option<&StoredKey> {
     keys.iter()
-        .filter(|k| k.role() == KeyRole::Active)
+        .filter(|k| k.key.algorithm == lane && k.role() == KeyRole::Active)
         .max_by_key(|k| (k.activated, k.created))
 }
 
-fn next(keys: &[StoredKey]) -> Option<&StoredKey> {
+/// The key of `lane` published ahead of its next switch.
+fn next(keys: &[StoredKey], lane: DkimAlgorithm) -> Option<&StoredKey> {
     keys.iter()
-        .filter(|k| k.role() == KeyRole::Next)
+        .filter(|k| k.key.algorithm == lane && k.role() == KeyRole::Next)
         .max_by_key(|k| (k.created, k.key.selector.clone()))
 }
 
@@ -367,16 +446,11 @@ fn before(t: Timestamp, d: Duration) -> Timestamp {
     t.checked_sub(d).unwrap_or(Timestamp::MIN)
 }
 
-/// When signing switches from `active` to `next`: after the full rotation period, but never
-/// before `next` has been published for the overlap. Right after an algorithm change the
-/// period is not waited for.
+/// When signing switches from `active` to `next` (keys of one lane): after the full rotation
+/// period, but never before `next` has been published for the overlap.
 fn switch_at(active: &StoredKey, next: &StoredKey, policy: &RotationPolicy) -> Timestamp {
-    let published_long_enough = after(next.created, policy.overlap);
-    if active.key.algorithm != policy.algorithm {
-        return published_long_enough;
-    }
     let activated = active.activated.unwrap_or(active.created);
-    after(activated, policy.period).max(published_long_enough)
+    after(activated, policy.period).max(after(next.created, policy.overlap))
 }
 
 /// The earliest pending step and when it falls due (possibly in the past).
@@ -385,19 +459,30 @@ fn next_step(
     policy: &RotationPolicy,
     now: Timestamp,
 ) -> (Timestamp, RotationAction) {
+    let wanted = policy.algorithms();
     let mut steps: Vec<(Timestamp, RotationAction)> = Vec::new();
     let drop = |k: &StoredKey| RotationAction::Drop {
         selector: k.key.selector.clone(),
     };
-    let (active, next) = (active(keys), next(keys));
+    let every_wanted_lane_signs = wanted.iter().all(|a| active(keys, *a).is_some());
     for k in keys {
+        let lane = k.key.algorithm;
+        let (active, next) = (active(keys, lane), next(keys, lane));
         match k.role() {
             KeyRole::Retired => {
                 let retired = k.retired.expect("a retired key has a retirement time");
                 steps.push((after(retired, policy.overlap), drop(k)));
             }
-            // A second signing key or an older next key can only come from a hand edit. A
-            // stray signing key stays published for the overlap after the real one took over.
+            // A lane no longer wanted stops signing once the wanted ones all sign (until then
+            // its key is the lane's active one, which the arms below leave alone).
+            KeyRole::Active if !wanted.contains(&lane) && every_wanted_lane_signs => {
+                let selector = k.key.selector.clone();
+                steps.push((now, RotationAction::Retire { selector }));
+            }
+            KeyRole::Next if !wanted.contains(&lane) => steps.push((now, drop(k))),
+            // A second signing key or an older next key of a lane can only come from a hand
+            // edit. A stray signing key stays published for the overlap after the real one
+            // took over.
             KeyRole::Active if !is(active, k) => {
                 let since = active.and_then(|a| a.activated).unwrap_or(now);
                 steps.push((after(since, policy.overlap), drop(k)));
@@ -409,32 +494,39 @@ fn next_step(
     let activate = |k: &StoredKey| RotationAction::Activate {
         selector: k.key.selector.clone(),
     };
-    steps.push(match (active, next) {
-        (None, Some(n)) => (now, activate(n)),
-        (None, None) => (
-            now,
-            RotationAction::GenerateActive {
-                selector: unused_selector(keys, now),
-                algorithm: policy.algorithm,
-            },
-        ),
-        (Some(a), None) => {
-            let activated = a.activated.unwrap_or(a.created);
-            let due = if a.key.algorithm != policy.algorithm {
-                now
+    for lane in wanted {
+        // Another lane signs with a key published before now: this lane's first key is published
+        // for the overlap before it signs. A new domain's first keys all sign at once.
+        let others_sign = keys
+            .iter()
+            .any(|k| k.key.algorithm != lane && k.role() == KeyRole::Active && k.created < now);
+        let generate = |signing: bool| {
+            let selector = unused_selector(keys, now);
+            let algorithm = lane;
+            if signing {
+                RotationAction::GenerateActive {
+                    selector,
+                    algorithm,
+                }
             } else {
-                before(after(activated, policy.period), policy.overlap)
-            };
-            (
-                due,
                 RotationAction::GenerateNext {
-                    selector: unused_selector(keys, now),
-                    algorithm: policy.algorithm,
-                },
-            )
-        }
-        (Some(a), Some(n)) => (switch_at(a, n, policy), activate(n)),
-    });
+                    selector,
+                    algorithm,
+                }
+            }
+        };
+        steps.push(match (active(keys, lane), next(keys, lane)) {
+            (None, Some(n)) if others_sign => (after(n.created, policy.overlap), activate(n)),
+            (None, Some(n)) => (now, activate(n)),
+            (None, None) => (now, generate(!others_sign)),
+            (Some(a), None) => {
+                let activated = a.activated.unwrap_or(a.created);
+                let due = before(after(activated, policy.period), policy.overlap);
+                (due, generate(false))
+            }
+            (Some(a), Some(n)) => (switch_at(a, n, policy), activate(n)),
+        });
+    }
     // Earliest first; among equals, drops come first (they were pushed first).
     steps
         .into_iter()
@@ -448,13 +540,19 @@ fn is(chosen: Option<&StoredKey>, k: &StoredKey) -> bool {
     chosen.is_some_and(|c| std::ptr::eq(c, k))
 }
 
-/// When signing moves to a new key next.
+/// When signing moves to a new key next, in any lane.
 fn next_switch(keys: &[StoredKey], policy: &RotationPolicy) -> Option<Timestamp> {
-    let a = active(keys)?;
-    Some(match next(keys) {
-        Some(n) => switch_at(a, n, policy),
-        None => after(a.activated.unwrap_or(a.created), policy.period),
-    })
+    policy
+        .algorithms()
+        .into_iter()
+        .filter_map(|lane| {
+            let a = active(keys, lane)?;
+            Some(match next(keys, lane) {
+                Some(n) => switch_at(a, n, policy),
+                None => after(a.activated.unwrap_or(a.created), policy.period),
+            })
+        })
+        .min()
 }
 
 fn apply_step(
@@ -483,19 +581,28 @@ fn apply_step(
             retired: None,
         }),
         RotationAction::Activate { selector } => {
+            let lane = find(keys, selector, "activate")?.key.algorithm;
             for k in keys.iter_mut() {
-                if k.role() == KeyRole::Active {
+                if k.key.algorithm == lane && k.role() == KeyRole::Active {
                     k.retired = Some(now);
                 }
             }
-            let k = keys
-                .iter_mut()
-                .find(|k| &k.key.selector == selector)
-                .ok_or_else(|| DkimError::Secret(format!("no key {selector:?} to activate")))?;
+            let k = find(keys, selector, "activate")?;
             k.activated = Some(now);
             k.retired = None;
         }
+        RotationAction::Retire { selector } => find(keys, selector, "retire")?.retired = Some(now),
         RotationAction::Drop { selector } => keys.retain(|k| &k.key.selector != selector),
     }
     Ok(())
+}
+
+fn find<'a>(
+    keys: &'a mut [StoredKey],
+    selector: &str,
+    what: &str,
+) -> Result<&'a mut StoredKey, DkimError> {
+    keys.iter_mut()
+        .find(|k| k.key.selector == selector)
+        .ok_or_else(|| DkimError::Secret(format!("no key {selector:?} to {what}")))
 }

@@ -412,9 +412,13 @@ fn algorithm_change_rotates_at_once_with_the_full_overlap() {
     assert_eq!(plan.requeue_at, at(now, 7 * DAY));
     let state = state.apply(&plan, now, placeholder).unwrap();
     let plan = plan_rotation(&state, &rsa, at(now, 7 * DAY));
+    // The new key signs and the old algorithm's key stops signing, at the same moment.
     assert!(matches!(
         plan.actions.as_slice(),
-        [RotationAction::Activate { .. }]
+        [
+            RotationAction::Activate { .. },
+            RotationAction::Retire { .. }
+        ]
     ));
     let state = state.apply(&plan, at(now, 7 * DAY), placeholder).unwrap();
     assert_eq!(
@@ -445,4 +449,143 @@ fn rotation_policy_from_spec() {
         ..DkimSpec::default()
     };
     assert!(RotationPolicy::from_spec(&bad).is_err());
+}
+
+fn dual(algorithm: DkimAlgorithm) -> DkimSpec {
+    DkimSpec {
+        algorithm,
+        dual_signing: true,
+        ..DkimSpec::default()
+    }
+}
+
+fn placeholder(a: DkimAlgorithm, s: &str) -> Result<DkimKey, DkimError> {
+    Ok(DkimKey::public_only(s, a, "x"))
+}
+
+/// Plans and applies at `now` with placeholder keys; planning again yields nothing more.
+fn quick_step(state: &DkimState, spec: &DkimSpec, now: Timestamp) -> (DkimState, RotationPlan) {
+    let plan = plan_rotation(state, spec, now);
+    let next = state.apply(&plan, now, placeholder).unwrap();
+    assert!(plan_rotation(&next, spec, now).actions.is_empty());
+    (next, plan)
+}
+
+fn signing_algorithms(state: &DkimState) -> Vec<DkimAlgorithm> {
+    let mut out: Vec<DkimAlgorithm> = state.signing().iter().map(|k| k.key.algorithm).collect();
+    out.sort_by_key(|a| format!("{a:?}"));
+    out
+}
+
+#[test]
+fn dual_signing_starts_both_keys_at_once_for_a_new_domain_and_rotates_each_lane() {
+    let t0 = ts("2026-01-01T00:00:00Z");
+    let spec = dual(DkimAlgorithm::Rsa2048);
+    let (state, plan) = step(&DkimState::default(), &spec, t0);
+    let s1 = selector_for(t0);
+    assert_eq!(
+        plan.actions,
+        [
+            RotationAction::GenerateActive {
+                selector: s1.clone(),
+                algorithm: DkimAlgorithm::Rsa2048
+            },
+            RotationAction::GenerateActive {
+                selector: format!("{s1}a"),
+                algorithm: DkimAlgorithm::Ed25519
+            },
+        ]
+    );
+    assert_eq!(
+        signing_algorithms(&state),
+        [DkimAlgorithm::Ed25519, DkimAlgorithm::Rsa2048]
+    );
+    assert_eq!(state.status(&plan).unwrap().active_selector, s1, "primary");
+
+    // The signer: the map names the primary key, signing.conf both, both keys are present.
+    let md = crate::pki::tests::quickstart_domain();
+    let data = state.to_secret_data(&md.spec).unwrap();
+    assert_eq!(data["selectors.map"], format!("example.com {s1}\n"));
+    assert!(data.contains_key(&format!("example.com.{s1}.key")));
+    assert!(data.contains_key(&format!("example.com.{s1}a.key")));
+    let conf = &data["signing.conf"];
+    assert!(
+        conf.contains(&format!("{{ selector = \"{s1}\"; }}")),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(&format!("{{ selector = \"{s1}a\"; }}")),
+        "{conf}"
+    );
+    assert!(conf.contains("\"example.com\" {"), "{conf}");
+
+    // Each lane rotates on its own schedule, retiring only its own key.
+    let (state, plan) = quick_step(&state, &spec, at(t0, 173 * DAY));
+    assert_eq!(plan.actions.len(), 2, "a next key per lane: {plan:?}");
+    let (state, plan) = quick_step(&state, &spec, at(t0, 180 * DAY));
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, RotationAction::Activate { .. })),
+        "{plan:?}"
+    );
+    assert_eq!(state.signing().len(), 2);
+    assert_eq!(
+        state
+            .keys
+            .iter()
+            .filter(|k| k.role() == KeyRole::Retired)
+            .count(),
+        2
+    );
+    let (state, _) = quick_step(&state, &spec, at(t0, 187 * DAY));
+    assert_eq!(state.keys.len(), 2);
+}
+
+#[test]
+fn turning_dual_signing_on_publishes_the_second_key_first_and_off_retires_it() {
+    let t0 = ts("2026-01-01T00:00:00Z");
+    let single = DkimSpec::default();
+    let (state, _) = quick_step(&DkimState::default(), &single, t0);
+
+    // On: the Ed25519 key is published now and signs an overlap later.
+    let on = at(t0, 30 * DAY);
+    let spec = dual(DkimAlgorithm::Rsa2048);
+    let (state, plan) = quick_step(&state, &spec, on);
+    assert!(
+        matches!(
+            plan.actions.as_slice(),
+            [RotationAction::GenerateNext {
+                algorithm: DkimAlgorithm::Ed25519,
+                ..
+            }]
+        ),
+        "{plan:?}"
+    );
+    assert_eq!(plan.requeue_at, at(on, 7 * DAY));
+    assert_eq!(signing_algorithms(&state), [DkimAlgorithm::Rsa2048]);
+    let md = crate::pki::tests::quickstart_domain();
+    let one = state.to_secret_data(&md.spec).unwrap();
+    assert!(!one["signing.conf"].contains("domain {"), "one key signs");
+    let (state, _) = quick_step(&state, &spec, at(on, 7 * DAY));
+    assert_eq!(
+        signing_algorithms(&state),
+        [DkimAlgorithm::Ed25519, DkimAlgorithm::Rsa2048]
+    );
+
+    // Off: the Ed25519 key stops signing at once, stays published for the overlap.
+    let off = at(t0, 60 * DAY);
+    let (state, plan) = quick_step(&state, &single, off);
+    assert!(
+        matches!(plan.actions.as_slice(), [RotationAction::Retire { .. }]),
+        "{plan:?}"
+    );
+    assert_eq!(signing_algorithms(&state), [DkimAlgorithm::Rsa2048]);
+    assert_eq!(state.published().len(), 2);
+    let (state, plan) = quick_step(&state, &single, at(off, 7 * DAY));
+    assert!(matches!(
+        plan.actions.as_slice(),
+        [RotationAction::Drop { .. }]
+    ));
+    assert_eq!(state.published().len(), 1);
 }
