@@ -832,8 +832,12 @@ pub struct CertificateStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DkimStatus {
-    /// Selector outbound mail is signed with.
+    /// Selector outbound mail is signed with (of the primary algorithm with dual signing).
     pub active_selector: String,
+    /// Every selector outbound mail is signed with: two with dual signing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub signing_selectors: Vec<String>,
     /// Selector published ahead of the next rotation, once generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_selector: Option<String>,

@@ -289,7 +289,13 @@ pub fn domain_status(
                 conditions::DKIM_READY,
                 true,
                 reason::KEY_ACTIVE,
-                format!("signing with selector {}", dkim.active_selector),
+                match dkim.signing_selectors.as_slice() {
+                    [_, _, ..] => format!(
+                        "signing with selectors {}",
+                        dkim.signing_selectors.join(", ")
+                    ),
+                    _ => format!("signing with selector {}", dkim.active_selector),
+                },
             ),
             generation,
             now,
@@ -692,6 +698,7 @@ mod tests {
             )),
             dkim: Some(DkimStatus {
                 active_selector: "pw2026a".into(),
+                signing_selectors: vec!["pw2026a".into(), "pw2026b".into()],
                 next_selector: None,
                 next_rotation: None,
             }),
@@ -703,6 +710,12 @@ mod tests {
             conditions::CERTIFICATE_READY
         ));
         assert!(conditions::is_true(&s.conditions, conditions::DKIM_READY));
+        assert_eq!(
+            conditions::find(&s.conditions, conditions::DKIM_READY)
+                .unwrap()
+                .message,
+            "signing with selectors pw2026a, pw2026b"
+        );
         let cert = s.certificate.unwrap();
         assert_eq!(cert.secret_name, "d-tls");
         assert_eq!(cert.not_after.as_deref(), Some("2026-04-01T00:00:00Z"));

@@ -271,6 +271,11 @@ impl DkimState {
         let active = self.primary(plan.primary)?;
         Some(DkimStatus {
             active_selector: active.key.selector.clone(),
+            signing_selectors: self
+                .signing()
+                .iter()
+                .map(|k| k.key.selector.clone())
+                .collect(),
             next_selector: self.next(plan.primary).map(|n| n.key.selector.clone()),
             next_rotation: plan.next_rotation.map(|t| t.to_string()),
         })

@@ -500,7 +500,9 @@ fn dual_signing_starts_both_keys_at_once_for_a_new_domain_and_rotates_each_lane(
         signing_algorithms(&state),
         [DkimAlgorithm::Ed25519, DkimAlgorithm::Rsa2048]
     );
-    assert_eq!(state.status(&plan).unwrap().active_selector, s1, "primary");
+    let status = state.status(&plan).unwrap();
+    assert_eq!(status.active_selector, s1, "primary");
+    assert_eq!(status.signing_selectors, [s1.clone(), format!("{s1}a")]);
 
     // The signer: the map names the primary key, signing.conf both, both keys are present.
     let md = crate::pki::tests::quickstart_domain();
