@@ -63,6 +63,23 @@ def test_alias_and_alias_domain_deliver_to_the_mailbox(stack, tls):
             assert header_values(fetched, "To") == [address]
 
 
+def test_delivery_to_dovecot_over_lmtp_is_encrypted(stack, tls):
+    mid, raw = raw_message(OUTSIDER, f"carol@{DOMAIN}", "over LMTP", b"encrypted hop\r\n")
+    assert inbound(stack, [f"carol@{DOMAIN}"], raw) == {}
+    with mailbox(stack, tls, "carol") as imap:
+        fetch_by_message_id(imap, mid)
+    # Postfix's LMTP client logs each TLS session it opens (lmtp_tls_loglevel 1).
+    log = stack.dir / "var" / "log" / "postfix.log"
+    lmtp = f"127.0.0.1[127.0.0.1]:{stack.port(24)}"
+    deadline = time.monotonic() + 20
+    while not any(
+        "postfix/lmtp" in line and "TLS connection established to " + lmtp in line
+        for line in log.read_text(errors="replace").splitlines()
+    ):
+        assert time.monotonic() < deadline, "no TLS session of Postfix's LMTP client in the log"
+        time.sleep(0.5)
+
+
 def test_forward_delivers_a_copy_and_keeps_one(stack, tls):
     mid, raw = raw_message(OUTSIDER, f"bob@{DOMAIN}", "forwarded", b"for bob\r\n")
     assert inbound(stack, [f"bob@{DOMAIN}"], raw) == {}

@@ -265,7 +265,12 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     kv(&mut s, "smtp_tls_mandatory_protocols", ">=TLSv1.2");
     kv(&mut s, "smtp_tls_ciphers", "medium");
     kv(&mut s, "smtp_tls_loglevel", "1");
-    kv(&mut s, "lmtp_tls_security_level", "none");
+    // Delivery to Dovecot crosses the pod network: STARTTLS always. Encrypted but not verified,
+    // like the replicas' dsync: a publicly issued certificate cannot name the in-cluster hosts;
+    // the NetworkPolicy admits only this domain's MTA pods to the LMTP port.
+    kv(&mut s, "lmtp_tls_security_level", "encrypt");
+    kv(&mut s, "lmtp_tls_mandatory_protocols", ">=TLSv1.2");
+    kv(&mut s, "lmtp_tls_loglevel", "1");
 
     section(&mut s, "postscreen (port 25)");
     kv(&mut s, "postscreen_access_list", "");
