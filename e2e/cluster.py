@@ -42,6 +42,7 @@ class Cluster:
     def simulate_kubelet(self, namespace: str, statefulset: dict) -> None: ...
     def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]: ...
     def stall_writes(self, path_regex: str, seconds: float) -> None: ...
+    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool: ...
     def clear_faults(self) -> None: ...
     def operator_writes(self, identity: str | None = None) -> dict[str, int] | None: ...
     def reset_writes(self) -> None: ...
@@ -140,6 +141,11 @@ class EmulatedCluster(Cluster):
     def stall_writes(self, path_regex: str, seconds: float) -> None:
         self.emulator.fault(method="PATCH", path=path_regex, delay=seconds)
 
+    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
+        reason = {403: "Forbidden", 422: "Invalid"}.get(status, "InternalError")
+        self.emulator.fault(method="PATCH", path=path_regex, status=status, reason=reason, message=message)
+        return True
+
     def clear_faults(self) -> None:
         self.emulator.clear_faults()
 
@@ -234,6 +240,9 @@ class RealCluster(Cluster):
 
     def stall_writes(self, path_regex: str, seconds: float) -> None:
         pass  # a real API server cannot be slowed down from here; the kill lands wherever it lands
+
+    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
+        return False  # a real API server refuses only what its own rules refuse
 
     def clear_faults(self) -> None:
         pass

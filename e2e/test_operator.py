@@ -575,3 +575,33 @@ def test_server_side_apply_drops_the_backup_section(cluster, ns, operator):
     assert "backup" not in kube.get("MailDomain", ns, DOMAIN)["spec"]
     wait_for("the backup CronJob pruned", lambda: kube.get_opt("CronJob", ns, f"{DOMAIN}-backup") is None,
              timeout=CONVERGE_TIMEOUT)
+
+
+def test_claims_the_storage_class_cannot_grow_are_reported_and_the_rest_applies(cluster, ns, operator):
+    kube = cluster.kube
+    refusal = ("persistentvolumeclaims \"mail-example-com-imap-0\" is forbidden: only dynamically "
+               "provisioned pvc can be resized and the storageclass that provisions the pvc must "
+               "support resize")
+    docs = quickstart(ns)
+    apply_all(kube, docs)
+    converge(cluster, ns)
+    imap = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
+    cluster.create_claims_like_statefulset_controller(ns, imap)
+    # As the API server answers for a StorageClass without allowVolumeExpansion.
+    if not cluster.refuse_writes(r"/persistentvolumeclaims/", 403, refusal):
+        pytest.skip("refusing claim growth needs the emulator's fault injection")
+    domain = copy.deepcopy(docs[0])
+    domain["spec"]["imap"]["storage"] = {"size": "20Gi"}
+    domain["spec"]["mta"]["replicas"] = 3
+    kube.apply(domain)
+    degraded = wait_for("Degraded (StorageChangeRefused)",
+                        lambda: (c := condition(kube.get("MailDomain", ns, DOMAIN), "Degraded"))
+                        and c["status"] == "True" and c["reason"] == "StorageChangeRefused" and c,
+                        timeout=CONVERGE_TIMEOUT)
+    assert "cannot grow to 20Gi" in degraded["message"] and "must support resize" in degraded["message"]
+    wait_for("MTA scaled to 3 despite it",
+             lambda: kube.get("StatefulSet", ns, f"{DOMAIN}-mta")["spec"]["replicas"] == 3,
+             timeout=CONVERGE_TIMEOUT)
+    kept = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
+    assert kept["metadata"]["uid"] == imap["metadata"]["uid"], "not recreated"
+    assert kept["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
