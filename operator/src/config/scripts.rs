@@ -63,6 +63,17 @@ fingerprint() {
   done | cksum
 }
 
+# changed NAME PATH...: whether the files below the PATHs changed since the last call for NAME;
+# the first call only takes note of them.
+changed() {
+  name=$1
+  shift
+  now=$(fingerprint "$@")
+  eval "before=\${seen_$name:-$now}"
+  eval "seen_$name=\$now"
+  [ "$now" != "$before" ]
+}
+
 # Sleeps one interval, interruptible by the signal traps.
 pause() {
   sleep "$INTERVAL" &
@@ -95,12 +106,10 @@ PID=$!
 stopping=0
 trap 'stopping=1; log "stopping Postfix"; postfix -c "$CONFIG" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
-last=$(fingerprint {maps} {tls})
+changed maps {maps} {tls} || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
-  now=$(fingerprint {maps} {tls})
-  if [ "$now" != "$last" ]; then
-    last=$now
+  if changed maps {maps} {tls}; then
     log "maps or certificate changed: reloading Postfix"
     postfix -c "$CONFIG" reload || log "postfix reload failed"
   fi
@@ -170,19 +179,15 @@ PID=$!
 trap 'log "stopping Dovecot"; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
 {replication}
-users_last=$(fingerprint {users})
-tls_last=$(fingerprint {tls} {secrets})
+changed users {users} || true
+changed tls {tls} {secrets} || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
-  users_now=$(fingerprint {users})
-  tls_now=$(fingerprint {tls} {secrets})
-  if [ "$tls_now" != "$tls_last" ]; then
-    tls_last=$tls_now
+  if changed tls {tls} {secrets}; then
     log "certificate or secrets changed: reloading Dovecot"
     doveadm -c "$CONF" reload || log "doveadm reload failed"
   fi
-  if [ "$users_now" != "$users_last" ]; then
-    users_last=$users_now
+  if changed users {users}; then
     log "users database changed: flushing the auth cache"
     doveadm -c "$CONF" auth cache flush >/dev/null || log "auth cache flush failed"
 {replication_users_changed}  fi
@@ -231,12 +236,10 @@ dovecot -c "$CONF" -F &
 PID=$!
 trap 'log "stopping Dovecot auth"; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
-users_last=$(fingerprint {users})
+changed users {users} || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
-  users_now=$(fingerprint {users})
-  if [ "$users_now" != "$users_last" ]; then
-    users_last=$users_now
+  if changed users {users}; then
     log "users database changed: flushing the auth cache"
     doveadm -c "$CONF" auth cache flush >/dev/null || log "auth cache flush failed"
   fi
@@ -284,12 +287,10 @@ rspamd -f -c "$CONFIG/{conf}" "$@" &
 PID=$!
 trap 'log "stopping Rspamd"; kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
-last=$(fingerprint "$DKIM")
+changed dkim "$DKIM" || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
-  now=$(fingerprint "$DKIM")
-  if [ "$now" != "$last" ]; then
-    last=$now
+  if changed dkim "$DKIM"; then
     log "DKIM keys changed: reloading Rspamd"
     kill -HUP "$PID" 2>/dev/null || true
   fi

@@ -649,8 +649,6 @@ mod tests {
             "uid-1",
         );
         assert!(sel.is_empty());
-        assert!(ChildKind::ALL
-            .iter()
-            .all(|k| k.api_resource().kind != "PersistentVolumeClaim"));
+        assert!(ChildKind::all().all(|k| k.api_resource().kind != "PersistentVolumeClaim"));
     }
 }

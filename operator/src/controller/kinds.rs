@@ -34,19 +34,10 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
-    /// Every owned kind.
-    pub const ALL: [ChildKind; 10] = [
-        ChildKind::ConfigMap,
-        ChildKind::Secret,
-        ChildKind::ServiceAccount,
-        ChildKind::Service,
-        ChildKind::NetworkPolicy,
-        ChildKind::StatefulSet,
-        ChildKind::PodDisruptionBudget,
-        ChildKind::CronJob,
-        ChildKind::Certificate,
-        ChildKind::DnsEndpoint,
-    ];
+    /// Every owned kind: the built-in ones, then those of optional CRDs.
+    pub fn all() -> impl Iterator<Item = ChildKind> {
+        ChildKind::WATCHED.into_iter().chain(ChildKind::OPTIONAL)
+    }
 
     /// The owned kinds every cluster serves: always watched (and pruned when no longer
     /// desired).
@@ -114,7 +105,7 @@ impl ChildKind {
 
     /// The kind named by an object's `kind` field, when the operator owns that kind.
     pub fn from_kind(kind: &str) -> Option<ChildKind> {
-        ChildKind::ALL.into_iter().find(|k| k.as_str() == kind)
+        ChildKind::all().find(|k| k.as_str() == kind)
     }
 
     /// Apply phase; lower phases are applied (and must succeed) before higher ones.
@@ -278,7 +269,7 @@ mod tests {
 
     #[test]
     fn kind_names_round_trip_and_exclude_claims() {
-        for k in ChildKind::ALL {
+        for k in ChildKind::all() {
             assert_eq!(ChildKind::from_kind(k.as_str()), Some(k));
             assert_eq!(k.api_resource().kind, k.as_str());
         }
