@@ -1,5 +1,6 @@
-"""Where the e2e suite runs: the emulator with operator processes it starts itself, or a real
-cluster (KUBECONFIG set) with the operator installed by helm. Tests speak only to `Cluster`."""
+"""Where the e2e suite runs: the control plane of e2e/controlplane.sh with operator processes it
+starts itself, or a real cluster (KUBECONFIG set) with the operator installed by helm. Tests speak
+only to `Cluster`."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import requests
 
-from harness import EmulatorProcess, OperatorProcess, writes_by
+from controlplane import ControlPlane
+from harness import INSTALL, OperatorProcess
 from kube import Kube, wait_for
 
 OPERATOR_NAMESPACE = os.environ.get("POSTWARDEN_E2E_OPERATOR_NAMESPACE", "postwarden-system")
 # How often the operator resyncs a MailDomain in the suite (the quiet test waits two of them).
 RESYNC_SECONDS = int(os.environ.get("POSTWARDEN_E2E_RESYNC_SECONDS", "4"))
 OPERATOR_USER_PREFIX = "operator-"
+OPERATOR_SERVICE_ACCOUNT = "postwarden"
 OPERATOR_POD_SELECTOR = "app.kubernetes.io/name=postwarden,app.kubernetes.io/component=operator"
+
+
+# Clusters open in this session (tests check their operator processes are still alive).
+LIVE: list["Cluster"] = []
 
 
 def free_port() -> int:
@@ -30,7 +37,7 @@ def free_port() -> int:
 class Cluster:
     """Common interface; see EmulatedCluster and RealCluster."""
 
-    emulated: bool
+    local: bool = False  # operator processes run here (their metrics and logs are readable)
     kube: Kube
 
     def start_operator(self, identity: str | None = None) -> str: ...
@@ -45,6 +52,7 @@ class Cluster:
     def refuse_writes(self, path_regex: str, status: int, message: str) -> bool: ...
     def clear_faults(self) -> None: ...
     def operator_writes(self, identity: str | None = None) -> dict[str, int] | None: ...
+    def api_writes(self) -> dict[str, float] | None: ...
     def reset_writes(self) -> None: ...
     def reconciles(self, identity: str) -> int | None: ...
 
@@ -63,19 +71,26 @@ class Cluster:
         return self.running()
 
 
-class EmulatedCluster(Cluster):
-    emulated = True
+class ControlPlaneCluster(Cluster):
+    """The control plane of e2e/controlplane.sh (real API server, controllers, scheduler, simulated
+    nodes), with the operator installed from manifests/install.yaml and run as processes here,
+    each authenticated by its own token of the install's ServiceAccount."""
+
+    local = True
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        # A fresh identity (kubeconfig user, POD_NAME) per operator started, as a new pod would have.
+        self.dir = workdir / "controlplane"
+        self.plane = ControlPlane(self.dir)
+        self.kube = Kube.from_kubeconfig(str(self.plane.kubeconfig))
+        self.plane.install(INSTALL)
         self.identities = [f"{OPERATOR_USER_PREFIX}{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
         self.used: set[str] = set()
-        self.emulator = EmulatorProcess(workdir, users=["tests", *self.identities])
-        self.kube = Kube.from_kubeconfig(str(self.emulator.kubeconfig), "tests")
-        self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
+        self.tokens: dict[str, str] = {}  # identity -> credential id of its token
         self.processes: dict[str, OperatorProcess] = {}
         self.stopped: list[OperatorProcess] = []
+        self.audit_offset = self.plane.audit_size()
+        self.held: list[str] = []
 
     def assert_alive(self) -> None:
         """Fails at once, with the logs, when an operator the suite started has exited by itself."""
@@ -87,13 +102,20 @@ class EmulatedCluster(Cluster):
     def start_operator(self, identity: str | None = None) -> str:
         identity = identity or next(i for i in self.identities if i not in self.used)
         self.used.add(identity)
+        kubeconfig, credential = self.plane.service_account_kubeconfig(
+            OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, self.workdir / f"kubeconfig-{identity}")
+        self.tokens[identity] = credential
         self.processes[identity] = OperatorProcess(
-            self.workdir, self.emulator.kubeconfig, identity, namespace=OPERATOR_NAMESPACE,
+            self.workdir, kubeconfig, identity, namespace=OPERATOR_NAMESPACE,
             resync_seconds=RESYNC_SECONDS, metrics_port=free_port(), health_port=free_port())
         return identity
 
     def process(self, identity: str) -> OperatorProcess:
         return self.processes[identity]
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """kubectl of the control plane's release as the cluster administrator."""
+        return self.plane.kubectl(*args, stdin=stdin)
 
     def stop_operator(self, identity: str, *, hard: bool = False) -> None:
         proc = self.processes.pop(identity)
@@ -115,45 +137,38 @@ class EmulatedCluster(Cluster):
                          for p in [*self.stopped, *self.processes.values()])
 
     def simulate_kubelet(self, namespace: str, statefulset: dict) -> None:
-        """Sets StatefulSet status as the StatefulSet controller does once every pod is ready."""
-        n = statefulset["spec"].get("replicas", 1)
-        revision = f"{statefulset['metadata']['name']}-{statefulset['metadata'].get('generation', 1)}"
-        self.kube.merge_patch("StatefulSet", namespace, statefulset["metadata"]["name"], {"status": {
-            "observedGeneration": statefulset["metadata"].get("generation", 1), "replicas": n, "readyReplicas": n,
-            "currentReplicas": n, "updatedReplicas": n, "availableReplicas": n, "currentRevision": revision,
-            "updateRevision": revision, "collisionCount": 0}}, subresource="status")
+        pass  # the StatefulSet controller, the scheduler and the simulated nodes set status
 
     def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]:
-        """PVCs `<claim>-<sts>-<ordinal>` with the pod selector labels and no owner (the default
-        persistentVolumeClaimRetentionPolicy is Retain)."""
-        names = []
-        sts = statefulset["metadata"]["name"]
-        labels = statefulset["spec"]["selector"].get("matchLabels", {})
-        for claim in statefulset["spec"].get("volumeClaimTemplates", []):
-            for ordinal in range(statefulset["spec"].get("replicas", 1)):
-                name = f"{claim['metadata']['name']}-{sts}-{ordinal}"
-                self.kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                 "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                                 "spec": claim["spec"]}, manager="statefulset-controller")
-                names.append(name)
-        return names
+        return wait_for_claims(self.kube, namespace, statefulset)
 
-    def stall_writes(self, path_regex: str, seconds: float) -> None:
-        self.emulator.fault(method="PATCH", path=path_regex, delay=seconds)
+    def stall_writes(self, resource: str, seconds: float) -> None:
+        """Withdraws the operator's write verbs on `resource` from its ClusterRole: its writes
+        are refused (403) until clear_faults() restores the role from the install manifest."""
+        self.plane.withhold_writes(INSTALL, OPERATOR_SERVICE_ACCOUNT, resource)
+        self.held.append(resource)
 
     def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
-        reason = {403: "Forbidden", 422: "Invalid"}.get(status, "InternalError")
-        self.emulator.fault(method="PATCH", path=path_regex, status=status, reason=reason, message=message)
-        return True
+        return False  # the API server refuses only what its own rules refuse
 
     def clear_faults(self) -> None:
-        self.emulator.clear_faults()
+        if self.held:
+            self.plane.install(INSTALL)
+            self.held = []
 
     def operator_writes(self, identity: str | None = None) -> dict[str, int]:
-        return writes_by(self.emulator.writes(), identity or OPERATOR_USER_PREFIX)
+        """Write requests of the operator's ServiceAccount since reset_writes() (of one
+        operator's token when identity is given), from the API server's audit log."""
+        credential = self.tokens.get(identity) if identity else None
+        return self.plane.audited_writes(self.audit_offset, f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
+                                         f"{OPERATOR_SERVICE_ACCOUNT}", credential)
+
+    def api_writes(self) -> dict[str, float]:
+        """The API server's own count of write requests (apiserver_request_total) per resource."""
+        return self.plane.request_totals()
 
     def reset_writes(self) -> None:
-        self.emulator.reset()
+        self.audit_offset = self.plane.audit_size()
 
     def reconciles(self, identity: str) -> int:
         """MailDomain reconciles the operator has run (its postwarden_reconciles counter)."""
@@ -163,13 +178,11 @@ class EmulatedCluster(Cluster):
 
     def close(self) -> None:
         self.stop_all()
-        self.emulator.stop()
+        self.plane.down()
 
 
 class RealCluster(Cluster):
     """The operator runs as the Deployment `postwarden` installed by helm into OPERATOR_NAMESPACE."""
-
-    emulated = False
 
     def __init__(self, kubeconfig: str):
         self.kube = Kube.from_kubeconfig(kubeconfig)
@@ -231,15 +244,10 @@ class RealCluster(Cluster):
         pass  # the real StatefulSet controller and kubelet set status
 
     def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]:
-        sts = statefulset["metadata"]["name"]
-        names = [f"{c['metadata']['name']}-{sts}-{i}" for c in statefulset["spec"].get("volumeClaimTemplates", [])
-                 for i in range(statefulset["spec"].get("replicas", 1))]
-        wait_for(f"PVCs of {sts}", lambda: all(self.kube.get_opt("PersistentVolumeClaim", namespace, n)
-                                               for n in names), timeout=300)
-        return names
+        return wait_for_claims(self.kube, namespace, statefulset, timeout=300)
 
-    def stall_writes(self, path_regex: str, seconds: float) -> None:
-        pass  # a real API server cannot be slowed down from here; the kill lands wherever it lands
+    def stall_writes(self, resource: str, seconds: float) -> None:
+        pass  # the install on a real cluster is not ours to narrow; the kill lands wherever it lands
 
     def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
         return False  # a real API server refuses only what its own rules refuse
@@ -249,6 +257,9 @@ class RealCluster(Cluster):
 
     def operator_writes(self, identity: str | None = None) -> None:
         return None  # not observable on a real cluster; tests compare resourceVersions instead
+
+    def api_writes(self) -> None:
+        return None  # the API server's metrics need more than the suite's RBAC there
 
     def reset_writes(self) -> None:
         pass
@@ -264,7 +275,17 @@ def open_cluster(workdir: Path) -> Cluster:
     kubeconfig = os.environ.get("KUBECONFIG")
     if kubeconfig:
         return RealCluster(kubeconfig)
-    return EmulatedCluster(workdir)
+    return ControlPlaneCluster(workdir)
+
+
+def wait_for_claims(kube: Kube, namespace: str, statefulset: dict, timeout: float = 120) -> list[str]:
+    """The StatefulSet controller's claims `<claim>-<sts>-<ordinal>`, once they all exist."""
+    sts = statefulset["metadata"]["name"]
+    names = [f"{c['metadata']['name']}-{sts}-{i}" for c in statefulset["spec"].get("volumeClaimTemplates", [])
+             for i in range(statefulset["spec"].get("replicas", 1))]
+    wait_for(f"PVCs of {sts}", lambda: all(kube.get_opt("PersistentVolumeClaim", namespace, n) for n in names),
+             timeout=timeout)
+    return names
 
 
 def metrics(port: int) -> str:

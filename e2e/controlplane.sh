@@ -7,7 +7,9 @@
 #
 #   e2e/controlplane.sh build        builds the binaries (cached) and prints their directory
 #   e2e/controlplane.sh up DIR       starts everything with its state in DIR; writes DIR/kubeconfig
-#                                    (admin) and returns once /readyz answers and the nodes are Ready
+#                                    (admin), links DIR/bin to the binaries (kubectl of the same
+#                                    release among them) and returns once /readyz answers and the
+#                                    nodes are Ready
 #   e2e/controlplane.sh down DIR     stops exactly what `up DIR` started (by pid)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -34,7 +36,7 @@ build() {
     local start=$SECONDS
     (cd "$MODULE" && go build -mod=readonly -trimpath -ldflags=-s -o "$dir/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler ./cmd/etcd ./cmd/provisioner) >&2
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ./cmd/provisioner) >&2
     (cd "$MODULE/kwok" && go build -mod=readonly -trimpath -ldflags=-s -o "$dir/" sigs.k8s.io/kwok/cmd/kwok) >&2
     touch "$dir/.complete"
     echo "controlplane: built in $((SECONDS - start)) s into $dir" >&2
@@ -141,6 +143,8 @@ up() {
   mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd" "$dir/volumes"
   dir="$(cd "$dir" && pwd)"
   chmod 700 "$dir/etcd"
+  ln -sfn "$bin" "$dir/bin"
+  export KUBECACHEDIR="$dir/kubectl-cache"
   pki "$dir"
   local etcd_port peer_port api_port
   etcd_port="$(free_port)"
@@ -198,15 +202,15 @@ EOF
     --node-lease-duration-seconds 40
   start "$dir" provisioner "$bin/provisioner" --kubeconfig "$dir/infra.kubeconfig" --root "$dir/volumes"
 
-  objects | kubectl --kubeconfig "$dir/kubeconfig" apply --server-side --field-manager postwarden-e2e -f - >/dev/null
+  objects | "$bin/kubectl" --kubeconfig "$dir/kubeconfig" apply --server-side --field-manager postwarden-e2e -f - >/dev/null
   wait_until "three Ready nodes" 120 nodes_ready "$dir"
-  wait_until "the default ServiceAccount" 60 kubectl --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
+  wait_until "the default ServiceAccount" 60 "$bin/kubectl" --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
   echo "controlplane: up in $((SECONDS - start_time)) s at $(cat "$dir/server"); kubeconfig $dir/kubeconfig" >&2
 }
 
 nodes_ready() {
   ready "$1" || return 1
-  [ "$(kubectl --kubeconfig "$1/kubeconfig" get nodes -l type=kwok \
+  [ "$("$1/bin/kubectl" --kubeconfig "$1/kubeconfig" get nodes -l type=kwok \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" \
     -eq "${#NODES[@]}" ]
 }

@@ -1,4 +1,4 @@
-"""Processes the e2e suite starts: the Kubernetes API emulator and `postwarden run`."""
+"""Processes the e2e suite starts: `postwarden run`."""
 
 from __future__ import annotations
 
@@ -15,71 +15,7 @@ import yaml
 
 E2E = Path(__file__).resolve().parent
 REPO = E2E.parent
-CRDS = REPO / "crds" / "postwarden.yaml"
-
-
-class EmulatorProcess:
-    """`python3 -m kubeapi` on 127.0.0.1 with a free port, CRDs preloaded and a kubeconfig whose
-    contexts are bearer-token users (so the emulator can attribute writes to each client)."""
-
-    def __init__(self, workdir: Path, users: list[str], crds: list[Path] | None = None, log_requests: bool = False,
-                 bookmark_interval: float | None = None):
-        self.workdir = workdir
-        self.kubeconfig = workdir / "kubeconfig"
-        self.users = users
-        args = [sys.executable, "-m", "kubeapi", "--kubeconfig", str(self.kubeconfig), "--users", ",".join(users)]
-        for crd in crds if crds is not None else [CRDS]:
-            args += ["--crds", str(crd)]
-        if log_requests:
-            args.append("--log-requests")
-        if bookmark_interval is not None:
-            args += ["--bookmark-interval", str(bookmark_interval)]
-        self.log = open(workdir / "emulator.log", "w")
-        env = {**os.environ, "PYTHONPATH": str(E2E) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"emulator did not start: {line!r}; see {workdir / 'emulator.log'}")
-        self.url = line.split()[-1]
-
-    def control(self, method: str, path: str, body: dict | None = None) -> dict:
-        r = requests.request(method, f"{self.url}/_emulator/{path}", data=json.dumps(body) if body else None,
-                             timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def writes(self) -> dict:
-        return self.control("GET", "writes")
-
-    def reset(self) -> None:
-        self.control("POST", "reset")
-
-    def fault(self, **fault) -> None:
-        self.control("POST", "faults", fault)
-
-    def clear_faults(self) -> None:
-        self.control("DELETE", "faults")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def writes_by(report: dict, user_prefix: str = "", kind: str | None = None) -> dict[str, int]:
-    """Write requests of users starting with user_prefix, as {"Kind verb": count}."""
-    out: dict[str, int] = {}
-    for row in report["writes"]:
-        if row["user"].startswith(user_prefix) and (kind is None or row["kind"] == kind):
-            key = f"{row['kind']} {row['verb']}"
-            out[key] = out.get(key, 0) + row["count"]
-    return out
+INSTALL = REPO / "manifests" / "install.yaml"
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -113,7 +49,7 @@ class OperatorProcess:
         args = [str(operator_binary()), "run"] + os.environ.get("POSTWARDEN_E2E_RUN_ARGS", "--leader-elect").split()
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.kubeconfig_for(workdir, kubeconfig, identity)),
+            "KUBECONFIG": str(kubeconfig),
             # The Lease lives in the operator's namespace and names its holder after the pod.
             "POD_NAMESPACE": namespace,
             "POD_NAME": identity,
@@ -126,17 +62,6 @@ class OperatorProcess:
             **(extra_env or {}),
         }
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    @staticmethod
-    def kubeconfig_for(workdir: Path, kubeconfig: Path, identity: str) -> Path:
-        """A copy of kubeconfig whose current context is `identity` when it has one (the emulator
-        gives every client its own bearer-token user, so writes can be attributed)."""
-        cfg = yaml.safe_load(kubeconfig.read_text())
-        if any(c["name"] == identity for c in cfg.get("contexts", [])):
-            cfg["current-context"] = identity
-        out = workdir / f"kubeconfig-{identity}"
-        out.write_text(yaml.safe_dump(cfg))
-        return out
 
     @property
     def pid(self) -> int:

@@ -31,6 +31,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
     ("batch/v1", "CronJob"): ("cronjobs", True),
     ("coordination.k8s.io/v1", "Lease"): ("leases", True),
+    ("storage.k8s.io/v1", "StorageClass"): ("storageclasses", False),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ("customresourcedefinitions", False),
     ("postwarden.dev/v1alpha1", "MailDomain"): ("maildomains", True),
     ("postwarden.dev/v1alpha1", "Mailbox"): ("mailboxes", True),
@@ -62,6 +63,8 @@ class Kube:
         cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
         user = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
         s = requests.Session()
+        # Only the kubeconfig decides whom to trust (REQUESTS_CA_BUNDLE would replace its CA).
+        s.trust_env = False
         tmp = tempfile.mkdtemp(prefix="kube-")
 
         def material(data_key: str, file_key: str, source: dict) -> str | None:

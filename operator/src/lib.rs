@@ -18,4 +18,5 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod resources;
+pub mod strict;
 pub mod userdb;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{validate, MailDomain, Mailbox};
+use crate::strict;
 
 /// Serializes one object as a YAML document (without the leading `---`).
 pub fn to_yaml<T: Serialize>(value: &T) -> String {
@@ -157,7 +158,8 @@ pub fn load_str(file: &Path, text: &str, inputs: &mut Inputs) -> Result<(), Load
     Ok(())
 }
 
-/// Deserializes a document, naming the offending field on failure.
+/// Deserializes a document, naming the offending field on failure. Custom resources are held to
+/// their CRD schema as strictly as kubectl's requests are: an undeclared field is an error.
 fn typed<T: DeserializeOwned>(origin: &Origin, doc: Value) -> Result<T, LoadError> {
     let needs_name = doc
         .pointer("/metadata/name")
@@ -167,6 +169,15 @@ fn typed<T: DeserializeOwned>(origin: &Origin, doc: Value) -> Result<T, LoadErro
         return Err(LoadError::Document {
             origin: origin.clone(),
             message: "metadata.name: required".into(),
+        });
+    }
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let unknown = strict::unknown_fields(kind, &doc);
+    if !unknown.is_empty() {
+        let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        return Err(LoadError::Document {
+            origin: origin.clone(),
+            message: fields.join(", "),
         });
     }
     serde_path_to_error::deserialize(doc).map_err(|e| LoadError::Document {
