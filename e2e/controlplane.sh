@@ -34,10 +34,10 @@ build() {
   if [ ! -f "$dir/.complete" ]; then
     mkdir -p "$dir"
     local start=$SECONDS
-    (cd "$MODULE" && go build -mod=readonly -trimpath -ldflags=-s -o "$dir/" \
+    (cd "$MODULE" && go build -mod=readonly -buildvcs=false -trimpath -ldflags=-s -o "$dir/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ./cmd/provisioner) >&2
-    (cd "$MODULE/kwok" && go build -mod=readonly -trimpath -ldflags=-s -o "$dir/" sigs.k8s.io/kwok/cmd/kwok) >&2
+    (cd "$MODULE/kwok" && go build -mod=readonly -buildvcs=false -trimpath -ldflags=-s -o "$dir/" sigs.k8s.io/kwok/cmd/kwok) >&2
     touch "$dir/.complete"
     echo "controlplane: built in $((SECONDS - start)) s into $dir" >&2
   fi
@@ -132,8 +132,7 @@ ready() {
   for c in "${COMPONENTS[@]}"; do
     [ ! -f "$dir/pids/$c" ] || alive "$dir" "$c" || die "$c exited; see $dir/logs/$c.log: $(tail -5 "$dir/logs/$c.log")"
   done
-  curl -sf --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
-    "$(cat "$dir/server")/readyz" | grep -qx ok
+  [ "$("$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz 2>/dev/null)" = ok ]
 }
 
 up() {
@@ -180,9 +179,9 @@ EOF
     --endpoint-reconciler-type none --profiling=false \
     --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" --audit-log-maxsize 512
 
+  kubeconfig "$dir" admin admin "$dir/kubeconfig"
   wait_until "etcd and kube-apiserver /readyz ($dir/logs)" 180 ready "$dir"
 
-  kubeconfig "$dir" admin admin "$dir/kubeconfig"
   kubeconfig "$dir" controller-manager system:kube-controller-manager "$dir/controller-manager.kubeconfig"
   kubeconfig "$dir" scheduler system:kube-scheduler "$dir/scheduler.kubeconfig"
   kubeconfig "$dir" infra postwarden-e2e-infra "$dir/infra.kubeconfig"

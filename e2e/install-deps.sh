@@ -19,6 +19,12 @@ if [ "$missing" = 1 ]; then
     postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates iproute2 util-linux >/dev/null
 fi
 
+# The Kubernetes control plane of the operator suite is built from source (e2e/controlplane.sh).
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: Go 1.24 or newer is needed to build the test control plane (e2e/controlplane/go.mod)" >&2
+  exit 1
+fi
+
 if [ -f e2e/requirements.txt ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 fi

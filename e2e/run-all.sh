@@ -18,4 +18,4 @@ e2e/mailpath/run.sh
 # (e2e/controlplane.sh; cached after the first build), or against the cluster KUBECONFIG points at.
 # The suite runs target/debug/postwarden.
 [ -n "${KUBECONFIG:-}" ] || e2e/controlplane.sh build >/dev/null
-python3 -m pytest -q -p no:cacheprovider e2e/test_operator.py
+python3 -m pytest -q -p no:cacheprovider e2e/test_admission.py e2e/test_operator.py

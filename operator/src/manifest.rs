@@ -174,7 +174,10 @@ fn typed<T: DeserializeOwned>(origin: &Origin, doc: Value) -> Result<T, LoadErro
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let unknown = strict::unknown_fields(kind, &doc);
     if !unknown.is_empty() {
-        let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
         return Err(LoadError::Document {
             origin: origin.clone(),
             message: fields.join(", "),

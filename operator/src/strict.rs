@@ -100,7 +100,10 @@ fn walk(schema: &JSONSchemaProps, value: &Value, path: &str, found: &mut Vec<Str
                 } else {
                     format!("{path}.{key}")
                 };
-                match (schema.properties.as_ref().and_then(|p| p.get(key)), additional) {
+                match (
+                    schema.properties.as_ref().and_then(|p| p.get(key)),
+                    additional,
+                ) {
                     (Some(s), _) | (None, Some(Some(s))) => walk(s, child, &child_path, found),
                     (None, Some(None)) => {}
                     (None, None) => {
@@ -149,7 +152,12 @@ mod tests {
         doc["extra"] = json!(1);
         assert_eq!(
             unknown_fields("MailDomain", &doc),
-            ["extra", "metadata.labelz", "spec.mta.replica", "spec.replicas"]
+            [
+                "extra",
+                "metadata.labelz",
+                "spec.mta.replica",
+                "spec.replicas"
+            ]
         );
     }
 
