@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark (not a test): one MailDomain with N Mailboxes against the emulator.
+"""Benchmark (not a test): one MailDomain with N Mailboxes against the control plane of
+e2e/controlplane.sh.
 
     python3 e2e/bench.py --mailboxes 1000 10000 [--idle 60]
 
-For each N, on a fresh emulator with one `postwarden run` (target/debug/postwarden or
+For each N, on a fresh control plane with one `postwarden run` (target/debug/postwarden or
 POSTWARDEN_BIN), prints: time to create the objects, time until the users database holds every
-mailbox and the MailDomain is Ready (counted from the first create), the operator's peak RSS
-(VmHWM), its API write requests during convergence, and during an idle window.
+mailbox and the MailDomain is Ready (from the first create and from the last), the operator's
+peak RSS (VmHWM), its write requests during convergence and during an idle window (from the API
+server's audit log, per kind), and the API server's own count of writes to the kinds the
+operator writes (apiserver_request_total, all clients) in the idle window.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import EmulatedCluster  # noqa: E402
+from cluster import ControlPlaneCluster  # noqa: E402
 from harness import peak_rss_kib  # noqa: E402
 from kube import Kube  # noqa: E402
-from test_operator import DOMAIN, converge, is_true, quickstart, users  # noqa: E402
+from test_operator import DOMAIN, OPERATOR_RESOURCES, converge, is_true, quickstart, users  # noqa: E402
 
 NAMESPACE = "bench"
 
@@ -50,7 +53,7 @@ def total(writes: dict[str, int]) -> int:
 
 
 def run(n: int, idle: float, workdir: Path) -> dict:
-    cluster = EmulatedCluster(workdir)
+    cluster = ControlPlaneCluster(workdir)
     try:
         kube = cluster.kube
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -86,10 +89,14 @@ def run(n: int, idle: float, workdir: Path) -> dict:
         convergence_writes = cluster.operator_writes()
         time.sleep(2)
         cluster.reset_writes()
+        before = cluster.api_writes()
         time.sleep(idle)
+        after = cluster.api_writes()
         idle_writes = cluster.operator_writes()
+        idle_api = {r: after[r] - before.get(r, 0) for r in after
+                    if r.split("/")[0] in OPERATOR_RESOURCES and after[r] != before.get(r, 0)}
         return {"mailboxes": n, "create_s": created, "converged_s": converged, "peak_rss_mib": (peak_rss_kib(pid) or 0) / 1024,
-                "convergence_writes": convergence_writes, "idle_writes": idle_writes}
+                "convergence_writes": convergence_writes, "idle_writes": idle_writes, "idle_api": idle_api}
     finally:
         cluster.close()
 
@@ -109,7 +116,10 @@ def main() -> None:
               f"API writes during convergence {total(r['convergence_writes'])} "
               f"({', '.join(f'{k}: {v}' for k, v in sorted(r['convergence_writes'].items()))}); "
               f"during {args.idle:.0f} s idle {total(r['idle_writes'])} "
-              f"({', '.join(f'{k}: {v}' for k, v in sorted(r['idle_writes'].items())) or 'none'})", flush=True)
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(r['idle_writes'].items())) or 'none'}); "
+              f"apiserver_request_total writes to the operator's kinds while idle "
+              f"{sum(r['idle_api'].values()):.0f} ({', '.join(f'{k}: {v:.0f}' for k, v in sorted(r['idle_api'].items())) or 'none'})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 class Cluster:
-    """Common interface; see EmulatedCluster and RealCluster."""
+    """Common interface; see ControlPlaneCluster and RealCluster."""
 
     local: bool = False  # operator processes run here (their metrics and logs are readable)
     kube: Kube
@@ -46,10 +46,7 @@ class Cluster:
     def stop_all(self) -> None: ...
     def running(self) -> list[str]: ...
     def operator_logs(self) -> str: ...
-    def simulate_kubelet(self, namespace: str, statefulset: dict) -> None: ...
-    def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]: ...
-    def stall_writes(self, path_regex: str, seconds: float) -> None: ...
-    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool: ...
+    def stall_writes(self, resource: str) -> None: ...
     def clear_faults(self) -> None: ...
     def operator_writes(self, identity: str | None = None) -> dict[str, int] | None: ...
     def api_writes(self) -> dict[str, float] | None: ...
@@ -136,20 +133,11 @@ class ControlPlaneCluster(Cluster):
         return "\n".join(f"--- {p.identity} ({p.log_path})\n{p.logs()}"
                          for p in [*self.stopped, *self.processes.values()])
 
-    def simulate_kubelet(self, namespace: str, statefulset: dict) -> None:
-        pass  # the StatefulSet controller, the scheduler and the simulated nodes set status
-
-    def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]:
-        return wait_for_claims(self.kube, namespace, statefulset)
-
-    def stall_writes(self, resource: str, seconds: float) -> None:
+    def stall_writes(self, resource: str) -> None:
         """Withdraws the operator's write verbs on `resource` from its ClusterRole: its writes
         are refused (403) until clear_faults() restores the role from the install manifest."""
         self.plane.withhold_writes(INSTALL, OPERATOR_SERVICE_ACCOUNT, resource)
         self.held.append(resource)
-
-    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
-        return False  # the API server refuses only what its own rules refuse
 
     def clear_faults(self) -> None:
         if self.held:
@@ -240,17 +228,8 @@ class RealCluster(Cluster):
     def assert_alive(self) -> None:
         pass  # the Deployment restarts crashed pods; a crash loop shows up as a timeout with logs
 
-    def simulate_kubelet(self, namespace: str, statefulset: dict) -> None:
-        pass  # the real StatefulSet controller and kubelet set status
-
-    def create_claims_like_statefulset_controller(self, namespace: str, statefulset: dict) -> list[str]:
-        return wait_for_claims(self.kube, namespace, statefulset, timeout=300)
-
-    def stall_writes(self, resource: str, seconds: float) -> None:
+    def stall_writes(self, resource: str) -> None:
         pass  # the install on a real cluster is not ours to narrow; the kill lands wherever it lands
-
-    def refuse_writes(self, path_regex: str, status: int, message: str) -> bool:
-        return False  # a real API server refuses only what its own rules refuse
 
     def clear_faults(self) -> None:
         pass
@@ -278,7 +257,7 @@ def open_cluster(workdir: Path) -> Cluster:
     return ControlPlaneCluster(workdir)
 
 
-def wait_for_claims(kube: Kube, namespace: str, statefulset: dict, timeout: float = 120) -> list[str]:
+def statefulset_claims(kube: Kube, namespace: str, statefulset: dict, timeout: float = 120) -> list[str]:
     """The StatefulSet controller's claims `<claim>-<sts>-<ordinal>`, once they all exist."""
     sts = statefulset["metadata"]["name"]
     names = [f"{c['metadata']['name']}-{sts}-{i}" for c in statefulset["spec"].get("volumeClaimTemplates", [])

@@ -1,4 +1,4 @@
-"""A small Kubernetes REST client for the e2e suite: the same calls against the emulator and a
+"""A small Kubernetes REST client for the e2e suite: the same calls against the suite's control plane and a
 real cluster (kubeconfig with bearer token, client certificate or none; JSON only)."""
 
 from __future__ import annotations

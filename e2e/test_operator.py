@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cluster import LIVE, RESYNC_SECONDS, Cluster, sleep_until
+from cluster import LIVE, RESYNC_SECONDS, Cluster, sleep_until, statefulset_claims
 from harness import REPO
 from kube import Kube, load_yaml_docs, wait_for as _wait_for
 
@@ -130,18 +130,13 @@ def statefulsets(kube: Kube, namespace: str) -> list[dict]:
 
 
 def converge(cluster: Cluster, namespace: str) -> dict:
-    """Plays kubelet for the domain's StatefulSets until the MailDomain is Ready for its current
-    generation; returns it."""
+    """Waits until the MailDomain is Ready for its current generation (its StatefulSets' pods
+    scheduled, their claims bound, the pods Ready); returns it."""
     kube = cluster.kube
 
     def ready():
         md = kube.get("MailDomain", namespace, DOMAIN)
         sts = statefulsets(kube, namespace)
-        for s in sts:
-            status = s.get("status") or {}
-            if status.get("observedGeneration") != s["metadata"].get("generation") or \
-                    status.get("readyReplicas") != s["spec"].get("replicas"):
-                cluster.simulate_kubelet(namespace, s)
         status = md.get("status") or {}
         return md if len(sts) >= 2 and is_true(md, "Ready") and \
             status.get("observedGeneration") == md["metadata"]["generation"] else None
@@ -306,7 +301,7 @@ def test_delete_maildomain_collects_children_and_keeps_volumes(cluster, ns, oper
     kube = cluster.kube
     apply_all(kube, quickstart(ns))
     converge(cluster, ns)
-    claims = [c for s in statefulsets(kube, ns) for c in cluster.create_claims_like_statefulset_controller(ns, s)]
+    claims = [c for s in statefulsets(kube, ns) for c in statefulset_claims(kube, ns, s, timeout=CONVERGE_TIMEOUT)]
     assert claims, "the StatefulSets have no volumeClaimTemplates"
     kube.delete("MailDomain", ns, DOMAIN)
     wait_for("children collected", lambda: not children(kube, ns), timeout=CONVERGE_TIMEOUT)
@@ -348,7 +343,7 @@ def test_bad_mailboxes_get_conditions_and_events_while_others_reconcile(cluster,
 def test_operator_killed_mid_reconcile_converges_after_restart(cluster, ns, operator):
     kube = cluster.kube
     # Hold the operator's StatefulSet writes so the kill lands after the config, before the workloads.
-    cluster.stall_writes("statefulsets", seconds=120)
+    cluster.stall_writes("statefulsets")
     apply_all(kube, quickstart(ns))
     wait_for("first children written", lambda: kube.get_opt("ConfigMap", ns, f"{DOMAIN}-mta-config"),
              timeout=CONVERGE_TIMEOUT)
@@ -484,7 +479,7 @@ def test_bigger_volumes_grow_the_claims_and_smaller_ones_are_refused(cluster, ns
     apply_all(kube, quickstart(ns))
     converge(cluster, ns)
     imap = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
-    claims = cluster.create_claims_like_statefulset_controller(ns, imap)
+    claims = statefulset_claims(kube, ns, imap, timeout=CONVERGE_TIMEOUT)
     assert claims == [f"mail-{DOMAIN}-imap-0", f"mail-{DOMAIN}-imap-1"]
 
     def size(obj: dict) -> str:
@@ -604,7 +599,7 @@ def test_claims_the_storage_class_cannot_grow_are_reported_and_the_rest_applies(
     apply_all(kube, docs)
     converge(cluster, ns)
     imap = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
-    cluster.create_claims_like_statefulset_controller(ns, imap)
+    statefulset_claims(kube, ns, imap, timeout=CONVERGE_TIMEOUT)
     domain = copy.deepcopy(docs[0])
     domain["spec"]["imap"]["storage"]["size"] = "20Gi"
     domain["spec"]["mta"]["replicas"] = 3
