@@ -23,9 +23,25 @@ die() { echo "controlplane: $*" >&2; exit 1; }
 # reuses them and any change to the pins or the sources builds afresh.
 bin_dir() {
   local key
-  key="$(cd "$MODULE" && cat go.mod go.sum kwok/go.mod kwok/go.sum $(find cmd -name '*.go' | sort) \
-    | sha256sum | cut -c1-16)"
+  key="$( (cd "$MODULE" && cat go.mod go.sum kwok/go.mod kwok/go.sum $(find cmd -name '*.go' | sort); \
+    declare -f build version_ldflags) | sha256sum | cut -c1-16)"
   echo "${POSTWARDEN_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/postwarden/controlplane}/$key"
+}
+
+# A build from module sources carries no git metadata, so the binaries would call themselves
+# v0.0.0-master and `kubectl version` would fail; stamp the release the module pins instead.
+version_ldflags() {
+  local v major minor flags="-s" pkg
+  v="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2; exit }' "$MODULE/go.mod")"
+  [ -n "$v" ] || die "k8s.io/kubernetes is not pinned in $MODULE/go.mod"
+  major="${v#v}"; major="${major%%.*}"
+  minor="${v#v*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
+    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
 }
 
 build() {
@@ -34,7 +50,7 @@ build() {
   if [ ! -f "$dir/.complete" ]; then
     mkdir -p "$dir"
     local start=$SECONDS
-    (cd "$MODULE" && go build -mod=readonly -buildvcs=false -trimpath -ldflags=-s -o "$dir/" \
+    (cd "$MODULE" && go build -mod=readonly -buildvcs=false -trimpath -ldflags="$(version_ldflags)" -o "$dir/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ./cmd/provisioner) >&2
     (cd "$MODULE/kwok" && go build -mod=readonly -buildvcs=false -trimpath -ldflags=-s -o "$dir/" sigs.k8s.io/kwok/cmd/kwok) >&2
