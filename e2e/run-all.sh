@@ -14,6 +14,10 @@ python3 -m pytest -q -p no:cacheprovider e2e/test_manifests.py e2e/test_observab
 # driven by real clients.
 e2e/mailpath/run.sh
 
+# The Debian 13 root the images' daemons come from (e2e/debian13-root.sh; cached after the first
+# build): the releases it holds, and the rendered MTA configuration parsed by its Postfix.
+python3 -m pytest -q -p no:cacheprovider e2e/test_debian13_root.py
+
 # Kubernetes API tier: the operator binary against a real control plane built from source
 # (e2e/controlplane.sh; cached after the first build), or against the cluster KUBECONFIG points at.
 # The suite runs target/debug/postwarden.

@@ -1,0 +1,93 @@
+"""The Debian 13 root the mail images' daemons are proven in (e2e/debian13-root.sh).
+
+Checks that the root holds the releases the images ship and that the MTA configuration the
+operator renders for the quickstart parses in Postfix 3.10 without a warning (an unknown or
+removed parameter is a warning there, so a setting Postfix 3.10 no longer knows fails here).
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BIN = os.environ.get("POSTWARDEN_BIN", str(REPO / "target" / "debug" / "postwarden"))
+
+
+@pytest.fixture(scope="module")
+def root() -> pathlib.Path:
+    out = subprocess.run(
+        [str(REPO / "e2e" / "debian13-root.sh")], check=True, capture_output=True, text=True
+    ).stdout
+    return pathlib.Path(out.strip())
+
+
+def in_root(root: pathlib.Path, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, timeout=120)
+
+
+def version(text: str) -> tuple[int, int]:
+    m = re.search(r"(\d+)\.(\d+)", text)
+    assert m, text
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_root_is_debian_13(root):
+    assert version((root / "etc" / "debian_version").read_text())[0] == 13
+
+
+@pytest.mark.parametrize(
+    "cmd, want",
+    [
+        (("postconf", "-dh", "mail_version"), (3, 10)),
+        (("dovecot", "--version"), (2, 4)),
+        (("rspamd", "--version"), (3, 12)),
+    ],
+)
+def test_root_holds_the_image_releases(root, cmd, want):
+    run = in_root(root, *cmd)
+    assert run.returncode == 0, run.stderr
+    assert version(run.stdout.partition("version")[2] or run.stdout) == want, run.stdout
+
+
+def test_dovecot_24_keeps_dsync_and_drops_the_replicator(root):
+    """Replication without the replicator rests on doveadm sync and the notify plugins."""
+    modules = {p.name for p in (root / "usr/lib/dovecot/modules").iterdir()}
+    assert any(m.startswith("lib15_notify_plugin") for m in modules), sorted(modules)
+    assert any(m.startswith("lib20_mail_log_plugin") for m in modules), sorted(modules)
+    assert not any("replication" in m for m in modules), sorted(modules)
+    run = in_root(root, "doveadm", "sync")
+    # Without a user, sync refuses naming its options rather than "Unknown command".
+    assert "-u, -F, -A" in run.stderr, run.stdout + run.stderr
+
+
+def rendered_mta_files() -> dict[str, str]:
+    out = subprocess.run([BIN, "render"], check=True, capture_output=True, text=True).stdout
+    for obj in yaml.safe_load_all(out):
+        if obj and obj.get("kind") == "ConfigMap" and "main.cf" in obj.get("data", {}):
+            return obj["data"]
+    raise AssertionError("no ConfigMap with main.cf in the rendered quickstart")
+
+
+def test_rendered_postfix_configuration_parses_in_postfix_310_without_warnings(root):
+    files = rendered_mta_files()
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=root / "tmp"))
+    try:
+        for name in ("main.cf", "master.cf"):
+            (tmp / name).write_text(files[name])
+        inside = "/" + str(tmp.relative_to(root))
+        main = in_root(root, "postconf", "-c", inside, "-n")
+        assert main.returncode == 0, main.stderr
+        assert main.stderr == "", main.stderr
+        assert "smtpd_tls_security_level" in main.stdout or "smtpd_tls" in main.stdout
+        master = in_root(root, "postconf", "-c", inside, "-M")
+        assert master.returncode == 0, master.stderr
+        assert master.stderr == "", master.stderr
+        assert re.search(r"^25\s+inet", master.stdout, re.M), master.stdout
+    finally:
+        shutil.rmtree(tmp)
