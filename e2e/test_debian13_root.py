@@ -5,7 +5,6 @@ operator renders for the quickstart parses in Postfix 3.10 without a warning (an
 removed parameter is a warning there, so a setting Postfix 3.10 no longer knows fails here).
 """
 
-import os
 import pathlib
 import re
 import shutil
@@ -15,16 +14,24 @@ import tempfile
 import pytest
 import yaml
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-BIN = os.environ.get("POSTWARDEN_BIN", str(REPO / "target" / "debug" / "postwarden"))
+from harness import E2E, operator_binary
+
+
+def root_script(*args: str) -> str:
+    return subprocess.run(
+        [str(E2E / "debian13-root.sh"), *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 @pytest.fixture(scope="module")
 def root() -> pathlib.Path:
-    out = subprocess.run(
-        [str(REPO / "e2e" / "debian13-root.sh")], check=True, capture_output=True, text=True
-    ).stdout
-    return pathlib.Path(out.strip())
+    return pathlib.Path(root_script().strip())
+
+
+@pytest.fixture(scope="module")
+def versions(root) -> dict[str, str]:
+    """What `debian13-root.sh versions` reports, by name (debian, postfix, dovecot, ...)."""
+    return dict(line.split(" ", 1) for line in root_script("versions").splitlines())
 
 
 def in_root(root: pathlib.Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -37,22 +44,13 @@ def version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def test_root_is_debian_13(root):
-    assert version((root / "etc" / "debian_version").read_text())[0] == 13
+def test_root_is_debian_13(versions):
+    assert version(versions["debian"])[0] == 13
 
 
-@pytest.mark.parametrize(
-    "cmd, want",
-    [
-        (("postconf", "-dh", "mail_version"), (3, 10)),
-        (("dovecot", "--version"), (2, 4)),
-        (("rspamd", "--version"), (3, 12)),
-    ],
-)
-def test_root_holds_the_image_releases(root, cmd, want):
-    run = in_root(root, *cmd)
-    assert run.returncode == 0, run.stderr
-    assert version(run.stdout.partition("version")[2] or run.stdout) == want, run.stdout
+@pytest.mark.parametrize("daemon, want", [("postfix", (3, 10)), ("dovecot", (2, 4)), ("rspamd", (3, 12))])
+def test_root_holds_the_image_releases(versions, daemon, want):
+    assert version(versions[daemon]) == want, versions
 
 
 def test_dovecot_24_keeps_dsync_and_drops_the_replicator(root):
@@ -67,7 +65,7 @@ def test_dovecot_24_keeps_dsync_and_drops_the_replicator(root):
 
 
 def rendered_mta_files() -> dict[str, str]:
-    out = subprocess.run([BIN, "render"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([str(operator_binary()), "render"], check=True, capture_output=True, text=True).stdout
     for obj in yaml.safe_load_all(out):
         if obj and obj.get("kind") == "ConfigMap" and "main.cf" in obj.get("data", {}):
             return obj["data"]
@@ -84,7 +82,7 @@ def test_rendered_postfix_configuration_parses_in_postfix_310_without_warnings(r
         main = in_root(root, "postconf", "-c", inside, "-n")
         assert main.returncode == 0, main.stderr
         assert main.stderr == "", main.stderr
-        assert "smtpd_tls_security_level" in main.stdout or "smtpd_tls" in main.stdout
+        assert "smtpd_tls" in main.stdout
         master = in_root(root, "postconf", "-c", inside, "-M")
         assert master.returncode == 0, master.stderr
         assert master.stderr == "", master.stderr
