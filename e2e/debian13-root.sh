@@ -17,7 +17,7 @@ MIRROR="${POSTWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # What the mail images install (images/mail-*/Dockerfile), plus the stock stack of the benchmark.
 PACKAGES=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve rspamd restic
-  opendkim opendkim-tools openssl ca-certificates iproute2 procps
+  publicsuffix opendkim opendkim-tools openssl ca-certificates iproute2 procps
 )
 
 cache="${POSTWARDEN_CACHE:-${HOME:-/root}/.cache/postwarden}/debian13-root"

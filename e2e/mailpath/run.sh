@@ -12,6 +12,12 @@ if [ -z "${POSTWARDEN_BIN:-}" ]; then
   cargo build --quiet --locked --bin postwarden
   export POSTWARDEN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/postwarden"
 fi
+# The daemons come from the Debian 13 root (e2e/debian13-root.sh, built once and cached) unless
+# POSTWARDEN_ROOT names another; set it empty on a Debian 13 host to use the host's packages.
+if [ -z "${POSTWARDEN_ROOT+set}" ]; then
+  POSTWARDEN_ROOT="$(e2e/debian13-root.sh path)"
+  export POSTWARDEN_ROOT
+fi
 # The suite needs no pytest plugins; plugins installed for other suites must not interfere.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 cmd=(python3 -m pytest -p no:cacheprovider -q -rfE e2e/mailpath "$@")

@@ -17,6 +17,8 @@ pub mod names;
 pub mod pki;
 pub mod plan;
 pub mod render;
+pub mod replicate;
 pub mod resources;
+pub mod runtime;
 pub mod strict;
 pub mod userdb;

@@ -43,6 +43,13 @@ enum Command {
     /// Rspamd, from exactly the files the operator renders (no cluster needed).
     #[command(subcommand)]
     Local(LocalCommand),
+    /// Keep one Dovecot instance's mailboxes in sync with its peers (the replication agent the
+    /// IMAP entrypoint runs beside Dovecot).
+    Replicate {
+        /// The agent configuration (replication-<ordinal>.json in the IMAP ConfigMap).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -72,6 +79,10 @@ enum LocalCommand {
         /// second Dovecot instance on a further 10000.
         #[arg(long, default_value_t = postwarden::local::up::DEFAULT_PORT_BASE)]
         port_base: u16,
+        /// Run Postfix, Dovecot and Rspamd from this Debian 13 root directory (entered with
+        /// unshare and chroot) instead of the host's packages; `e2e/debian13-root.sh` builds one.
+        #[arg(long, env = "POSTWARDEN_ROOT")]
+        root: Option<PathBuf>,
     },
     /// Apply a changed file to a running stack as the operator would (users, aliases, keys),
     /// without restarting a daemon.
@@ -106,10 +117,12 @@ fn main() -> ExitCode {
             file,
             dir,
             port_base,
+            root,
         }) => postwarden::local::up::up(postwarden::local::up::UpOptions {
             file,
             dir,
             port_base,
+            root,
         }),
         Command::Local(LocalCommand::Reload {
             dir,
@@ -120,6 +133,7 @@ fn main() -> ExitCode {
             file,
             rotate_certificate,
         }),
+        Command::Replicate { config } => postwarden::replicate::run(&config),
         Command::Version => {
             println!("postwarden {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -169,9 +169,10 @@ fn default_mta_service() -> ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImapSpec {
-    /// Number of Dovecot pods: 1, or 2 that replicate each other's mail.
+    /// Number of Dovecot pods, 1 to 5. With more than one, every pod holds all the mail and
+    /// replicates each change to every other pod.
     #[serde(default = "default_imap_replicas")]
-    #[schemars(range(min = 1, max = 2))]
+    #[schemars(range(min = 1, max = 5))]
     pub replicas: i32,
 
     /// The per-pod volume that holds the mail.

@@ -48,6 +48,9 @@ static CRON_FIELD: Lazy<Regex> =
 
 /// Longest MailDomain name: children append suffixes and StatefulSet pods need room for an ordinal.
 pub const MAX_DOMAIN_OBJECT_NAME: usize = 40;
+/// Most Dovecot replicas a domain can have: each replicates to every other, so the sync work
+/// grows with the square of the count.
+pub const MAX_IMAP_REPLICAS: i32 = 5;
 
 /// True for a lowercase DNS name with at least two labels.
 pub fn is_dns_name(s: &str) -> bool {
@@ -162,10 +165,13 @@ pub fn maildomain(name: &str, spec: &MailDomainSpec) -> Result<(), Invalid> {
             format!("{} is not between 1 and 10", spec.mta.replicas),
         );
     }
-    if !(1..=2).contains(&spec.imap.replicas) {
+    if !(1..=MAX_IMAP_REPLICAS).contains(&spec.imap.replicas) {
         e.push(
             "spec.imap.replicas",
-            format!("{} is not 1 or 2", spec.imap.replicas),
+            format!(
+                "{} is not between 1 and {MAX_IMAP_REPLICAS}",
+                spec.imap.replicas
+            ),
         );
     }
     e.bytes_between(
@@ -402,7 +408,7 @@ mod tests {
     fn bounds_and_cross_field_rules() {
         let mut spec = domain("domain: example.com");
         spec.mta.replicas = 0;
-        spec.imap.replicas = 3;
+        spec.imap.replicas = 6;
         spec.mta.message_size_limit = Quantity("10Gi".into());
         spec.alias_domains = vec![
             "example.com".into(),

@@ -35,11 +35,13 @@ pub struct Ports {
     pub rspamd_controller: u16,
     /// Dovecot's OpenMetrics exporter.
     pub dovecot_metrics: u16,
+    /// The replication agent's metrics (`postwarden replicate`, next to each Dovecot).
+    pub replication_metrics: u16,
 }
 
 impl Ports {
     /// Every port with the name of its service.
-    pub fn named(&self) -> [(&'static str, u16); 11] {
+    pub fn named(&self) -> [(&'static str, u16); 12] {
         [
             ("smtp", self.smtp),
             ("submissions", self.submissions),
@@ -52,6 +54,7 @@ impl Ports {
             ("milter", self.milter),
             ("rspamd-controller", self.rspamd_controller),
             ("dovecot-metrics", self.dovecot_metrics),
+            ("replication-metrics", self.replication_metrics),
         ]
     }
 
@@ -69,6 +72,7 @@ impl Ports {
             milter: 11332,
             rspamd_controller: 11334,
             dovecot_metrics: 9900,
+            replication_metrics: 9901,
         }
     }
 
@@ -87,6 +91,7 @@ impl Ports {
             milter: base + 1000 + 332,
             rspamd_controller: base + 1000 + 334,
             dovecot_metrics: base + 900,
+            replication_metrics: base + 901,
         }
     }
 }
@@ -130,8 +135,8 @@ pub struct ImapInstance {
     pub run_dir: PathBuf,
     /// Mail storage of this instance.
     pub mail_dir: PathBuf,
-    /// The other instance this one replicates with: (host, doveadm port).
-    pub peer: Option<(String, u16)>,
+    /// Every other instance, which this one replicates with: (ordinal, host, doveadm port).
+    pub peers: Vec<(usize, String, u16)>,
 }
 
 impl Layout {
@@ -184,7 +189,14 @@ impl Layout {
     /// Every TCP port the stack listens on, with the listening service (`imap-1 imaps`, ...),
     /// sorted and without duplicates: what must be free before a local run starts.
     pub fn listen_ports(&self) -> Vec<(u16, String)> {
-        const IMAP: [&str; 5] = ["imap", "imaps", "lmtp", "doveadm", "dovecot-metrics"];
+        const IMAP: [&str; 6] = [
+            "imap",
+            "imaps",
+            "lmtp",
+            "doveadm",
+            "dovecot-metrics",
+            "replication-metrics",
+        ];
         let mut ports: Vec<(u16, String)> = self
             .ports
             .named()
@@ -221,11 +233,10 @@ impl Layout {
         } else {
             (self.run_dir(), self.mail_dir())
         };
-        let replicas = self.imap_replicas();
-        let peer = (replicas > 1).then(|| {
-            let p = (ordinal + 1) % replicas;
-            (self.imap_hosts[p].clone(), self.instance_ports(p).doveadm)
-        });
+        let peers = (0..self.imap_replicas())
+            .filter(|&p| p != ordinal)
+            .map(|p| (p, self.imap_hosts[p].clone(), self.instance_ports(p).doveadm))
+            .collect();
         ImapInstance {
             ordinal,
             host: self
@@ -236,7 +247,7 @@ impl Layout {
             ports: self.instance_ports(ordinal),
             run_dir,
             mail_dir,
-            peer,
+            peers,
         }
     }
 

@@ -63,12 +63,14 @@ pub fn mta_files(
     files
 }
 
-/// Every file of the IMAP pods' ConfigMap: Dovecot and its entrypoint.
+/// Every file of the IMAP pods' ConfigMap: Dovecot, the replication agents' configuration and
+/// the entrypoint.
 pub fn imap_files(
     md: &crate::api::maildomain::MailDomain,
     layout: &Layout,
 ) -> std::collections::BTreeMap<String, String> {
     let mut files = dovecot::render(md, layout);
+    files.extend(replication::render(md, layout));
     let mut scripts = scripts::render(md, layout);
     scripts.retain(|k, _| k == scripts::IMAP_ENTRYPOINT);
     files.extend(scripts);

@@ -1,124 +1,181 @@
-//! Everything that keeps the two Dovecot replicas of a domain in sync, in one place.
+//! Everything that keeps the Dovecot replicas of a domain in sync, in one place.
 //!
-//! Today this is Dovecot 2.3's replicator: the notify and replication plugins report every
-//! change to the local replicator, which runs dsync against the peer's doveadm server over
-//! TLS (`mail_replica = tcps:<peer>:<doveadm port>`); saves wait up to two seconds for the
-//! peer, so an accepted message is normally on both replicas. Dovecot 2.4 removed the replicator, so nothing
-//! outside this module knows how replication works: replacing it with an agent that runs
-//! `doveadm sync` means changing only these functions.
+//! Dovecot 2.4 has no replicator, so each instance has a replication agent beside it
+//! (`postwarden replicate`, started by the IMAP entrypoint; [`crate::replicate`]). Dovecot tells
+//! the agent which users changed: an event exporter sends every LMTP delivery and every IMAP
+//! command that may change a mailbox to the agent's socket. The agent runs a two-way
+//! `doveadm sync` of that user with every other instance's doveadm server over TLS
+//! (`tcps:<peer>:<doveadm port>`), and a full sweep of all users at start and periodically, so
+//! changes made while a peer was unreachable or the agent was down are caught up. Deliveries never
+//! wait for a peer.
+//!
+//! Topology: each-to-each. Every instance pushes its own changes to every peer, so a change
+//! reaches all replicas in one hop, and a replica that is down or cut off delays nobody else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use crate::api::maildomain::MailDomain;
 
-use super::scripts::sh_quote;
 use super::{ImapInstance, Layout};
 
-/// True when the domain has a second Dovecot instance to replicate with.
+/// How often every user is synced with every peer even without a change event.
+pub const SWEEP_INTERVAL_SECONDS: u64 = 3600;
+
+/// IMAP commands that never change a mailbox: no sync after them. Anything else (STORE, APPEND,
+/// COPY, MOVE, EXPUNGE, CREATE, DELETE, RENAME, a FETCH that sets \Seen, ...) marks the user.
+const READ_ONLY_IMAP_COMMANDS: &[&str] = &[
+    "CAPABILITY",
+    "NOOP",
+    "IDLE",
+    "LOGOUT",
+    "ID",
+    "ENABLE",
+    "NAMESPACE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "EXAMINE",
+    "SEARCH",
+    "UID SEARCH",
+    "GETQUOTA",
+    "GETQUOTAROOT",
+    "GETMETADATA",
+    "CHECK",
+];
+
+/// True when the domain has more than one Dovecot instance to replicate.
 pub fn enabled(layout: &Layout) -> bool {
     layout.imap_replicas() > 1
 }
 
-/// Mail plugins replication needs (appended to the global `mail_plugins`, before any protocol
-/// block extends it).
-pub fn dovecot_mail_plugins(layout: &Layout) -> &'static str {
-    if enabled(layout) {
-        " notify replication"
+/// The agent configuration file of the instance with this ordinal.
+pub fn agent_file_name(ordinal: usize) -> String {
+    format!("replication-{ordinal}.json")
+}
+
+/// What one instance's agent reads (`postwarden replicate --config FILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The instance's Dovecot configuration, for `doveadm -c`.
+    pub dovecot_config: PathBuf,
+    /// The unix socket Dovecot's event exporter connects to.
+    pub events_socket: PathBuf,
+    /// The passwd-file shards, read for the full sweep.
+    pub users_dir: PathBuf,
+    /// Every other instance: a name for metrics and logs, and its doveadm endpoint.
+    pub peers: Vec<Peer>,
+    /// `address:port` of the metrics listener.
+    pub metrics_listen: String,
+    pub sweep_interval_seconds: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    /// `tcps:HOST:PORT`.
+    pub endpoint: String,
+}
+
+/// The agent configuration of every instance (empty with a single instance).
+pub fn render(_md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
+    if !enabled(layout) {
+        return BTreeMap::new();
+    }
+    (0..layout.imap_replicas())
+        .map(|ordinal| {
+            let inst = layout.imap_instance(ordinal);
+            let config = agent_config(layout, &inst);
+            let mut json = serde_json::to_string_pretty(&config).expect("serializable");
+            json.push('\n');
+            (agent_file_name(ordinal), json)
+        })
+        .collect()
+}
+
+/// The agent configuration of one instance.
+pub fn agent_config(layout: &Layout, inst: &ImapInstance) -> AgentConfig {
+    let listen = if layout.listen == "*" {
+        "0.0.0.0"
     } else {
-        ""
+        layout.listen.as_str()
+    };
+    AgentConfig {
+        dovecot_config: layout
+            .config_dir()
+            .join(super::dovecot::instance_file_name(inst.ordinal)),
+        events_socket: events_socket(inst),
+        users_dir: layout.users_dir(),
+        peers: inst
+            .peers
+            .iter()
+            .map(|(ordinal, host, port)| Peer {
+                name: format!("imap-{ordinal}"),
+                endpoint: super::dovecot::doveadm_endpoint(host, *port),
+            })
+            .collect(),
+        metrics_listen: format!("{listen}:{}", inst.ports.replication_metrics),
+        sweep_interval_seconds: SWEEP_INTERVAL_SECONDS,
     }
 }
 
-/// Settings shared by every instance.
-pub fn dovecot_shared(_md: &MailDomain, layout: &Layout) -> String {
-    if !enabled(layout) {
-        return String::new();
-    }
-    // Mail and dsync processes run as the vmail uid, which has no user name Dovecot could own
-    // the sockets with (it needs a name, not a number), so the aggregator and replicator
-    // sockets are open to every local user. They live in base_dir inside this container, where
-    // nothing else runs, and only let a caller ask for a user to be synced.
-    r#"
-# --- Replication (Dovecot 2.3 replicator, see postwarden config::replication)
-replication_max_conns = 10
-replication_full_sync_interval = 1 days
-# Dovecot's defaults plus -T: a dsync whose connection carries nothing for 30 s is abandoned and
-# the user synced again, instead of waiting 10 minutes (over tcps, 2.3's dsync can end up with
-# both sides waiting for the other).
-replication_dsync_parameters = -d -N -l 30 -U -T 30
-plugin {
-  replication_sync_timeout = 2
-}
-service aggregator {
-  fifo_listener replication-notify-fifo {
-    mode = 0666
-  }
-  unix_listener replication-notify {
-    mode = 0666
-  }
-}
-service replicator {
-  process_min_avail = 1
-  unix_listener replicator-doveadm {
-    mode = 0666
-  }
-}
-"#
-    .to_string()
+fn events_socket(inst: &ImapInstance) -> PathBuf {
+    inst.run_dir.join("replication-events")
 }
 
-/// Settings of one instance: its peer.
+/// Settings of one instance: the event exporter that reports changed users to its agent.
 pub fn dovecot_instance(_layout: &Layout, inst: &ImapInstance) -> String {
-    match &inst.peer {
-        Some((host, port)) => {
-            let endpoint = super::dovecot::doveadm_endpoint(host, *port);
-            format!("\n# --- Replication peer\nplugin {{\n  mail_replica = {endpoint}\n}}\n")
-        }
-        None => String::new(),
-    }
-}
-
-/// Entrypoint lines run once Dovecot has started (`$CONF` is the instance's configuration,
-/// `$RUN` its runtime directory): queue every user for a full sync with the peer, so a fresh or
-/// long-stopped replica catches up. The user list comes from the passwd-file shards, because
-/// Dovecot cannot iterate a passwd-file whose path contains variables.
-pub fn entrypoint_started(_md: &MailDomain, layout: &Layout) -> String {
-    if !enabled(layout) {
+    if inst.peers.is_empty() {
         return String::new();
     }
+    let read_only: Vec<String> = READ_ONLY_IMAP_COMMANDS
+        .iter()
+        .map(|c| format!("cmd_name=\"{c}\""))
+        .collect();
     format!(
-        r#"# Replication: once Dovecot answers, queue every user for a full sync with the peer.
-users_list() {{
-  for f in {users}/*.passwd; do
-    [ -f "$f" ] && cut -d: -f1 "$f"
-  done | LC_ALL=C sort -u
+        r#"
+# --- Replication: changed users go to the agent (postwarden config::replication)
+event_exporter replication {{
+  driver = unix
+  unix_path = {socket}
+  format = json
 }}
-replicate_users() {{
-  while read -r user; do
-    [ -n "$user" ] && doveadm -c "$CONF" replicator replicate -f "$user" >/dev/null 2>&1 || true
-  done
+metric replication_changes {{
+  exporter = replication
+  filter = event=mail_delivery_finished OR (event=imap_command_finished AND NOT ({read_only}))
 }}
-users_list > "$RUN/replicated-users"
-(
-  i=0
-  while [ $i -lt 60 ] && kill -0 "$PID" 2>/dev/null && ! doveadm -c "$CONF" replicator status >/dev/null 2>&1; do
-    sleep 1
-    i=$((i + 1))
-  done
-  replicate_users < "$RUN/replicated-users"
-) &
 "#,
-        users = sh_quote(&layout.users_dir().display().to_string())
+        socket = events_socket(inst).display(),
+        read_only = read_only.join(" OR "),
     )
 }
 
-/// Entrypoint lines run after the users database changed: users that are new since the last
-/// look get a full sync right away (the others are synced on every change anyway).
-pub fn entrypoint_users_changed(_md: &MailDomain, layout: &Layout) -> String {
+/// Entrypoint lines run once Dovecot has started (`$ORDINAL` is the instance, `$CONFIG` the
+/// configuration directory): the agent runs beside Dovecot and is restarted when it exits; the
+/// TERM trap stops it with Dovecot (`stop_replication`).
+pub fn entrypoint_started(_md: &MailDomain, layout: &Layout) -> String {
     if !enabled(layout) {
-        return String::new();
+        return "stop_replication() { :; }\nkeep_replicating() { :; }\n".to_string();
     }
-    r#"    users_list > "$RUN/users.new"
-    LC_ALL=C comm -13 "$RUN/replicated-users" "$RUN/users.new" | replicate_users
-    mv "$RUN/users.new" "$RUN/replicated-users"
+    format!(
+        r#"# Replication: the agent syncs changed users with every peer (postwarden replicate).
+AGENT=${{POSTWARDEN_AGENT:-postwarden}}
+AGENT_PID=
+keep_replicating() {{
+  if [ -z "$AGENT_PID" ] || ! kill -0 "$AGENT_PID" 2>/dev/null; then
+    [ -n "$AGENT_PID" ] && log "replication agent exited: restarting it"
+    "$AGENT" replicate --config "$CONFIG/replication-$ORDINAL.json" &
+    AGENT_PID=$!
+  fi
+}}
+stop_replication() {{
+  [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null || true
+}}
+keep_replicating
 "#
-    .to_string()
+    )
 }

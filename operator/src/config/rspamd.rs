@@ -100,7 +100,8 @@ options {{
   hs_cache_dir = "{run}/";
   stats_file = "{run}/stats.ucl";
   tempdir = "/tmp";
-  url_tld = "${{SHAREDIR}}/effective_tld_names.dat";
+  # Debian 13's list of public suffixes (package publicsuffix, as in its stock options.inc).
+  url_tld = "/usr/share/publicsuffix/effective_tld_names.dat";
   # Map files (the DKIM selector map) are checked every 6 s.
   map_watch_interval = 60s;
   map_file_watch_multiplier = 0.1;

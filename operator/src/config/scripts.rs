@@ -176,13 +176,14 @@ doveconf -c "$CONF" -n >/dev/null
 
 dovecot -c "$CONF" -F &
 PID=$!
-trap 'log "stopping Dovecot"; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
+trap 'log "stopping Dovecot"; stop_replication; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
 {replication}
 changed users {users} || true
 changed tls {tls} {secrets} || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
+  kill -0 "$PID" 2>/dev/null && keep_replicating
   if changed tls {tls} {secrets}; then
     log "certificate or secrets changed: reloading Dovecot"
     doveadm -c "$CONF" reload || log "doveadm reload failed"
@@ -190,10 +191,12 @@ while kill -0 "$PID" 2>/dev/null; do
   if changed users {users}; then
     log "users database changed: flushing the auth cache"
     doveadm -c "$CONF" auth cache flush >/dev/null || log "auth cache flush failed"
-{replication_users_changed}  fi
+  fi
 done
 status=0
 wait "$PID" || status=$?
+stop_replication
+wait
 exit "$status"
 "#,
         config = p(&layout.config_dir()),
@@ -202,7 +205,6 @@ exit "$status"
         tls = p(&layout.tls_dir()),
         secrets = p(&layout.secrets_dir()),
         replication = replication::entrypoint_started(md, layout),
-        replication_users_changed = replication::entrypoint_users_changed(md, layout),
     );
     s
 }

@@ -19,6 +19,8 @@ use crate::resources::pod::{CONFIG_MODE, SECRET_MODE};
 use crate::resources::secret::InternalSecrets;
 use crate::userdb::{self, ResolvedMailbox};
 
+use crate::runtime::Runtime;
+
 use super::store::Store;
 use super::volume::{self, Payload};
 
@@ -28,10 +30,12 @@ const DOVECOT_GROUP: &str = "dovecot";
 const RSPAMD_GROUP: &str = "_rspamd";
 
 /// What to change beyond what the inputs ask for.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Issue a new serving certificate now, as the operator does before the old one expires.
     pub rotate_certificate: bool,
+    /// Where the daemons run, whose users and groups own the files they read.
+    pub runtime: Runtime,
 }
 
 /// The result of one apply.
@@ -176,7 +180,7 @@ pub fn apply(
     ];
     let mut changed = Vec::new();
     for (dir, payload, mode, group) in volumes {
-        let gid = group.map(group_id).transpose()?;
+        let gid = group.map(|g| options.runtime.group_id(g)).transpose()?;
         let outcome = volume::write(&dir, &payload, mode, gid)
             .with_context(|| format!("writing {}", dir.display()))?;
         if outcome == volume::Outcome::Updated {
@@ -223,20 +227,6 @@ fn internal_secrets(store: &Store, names: &DomainNames) -> anyhow::Result<Intern
     Ok(secrets)
 }
 
-/// The gid of a local group.
-fn group_id(name: &str) -> anyhow::Result<u32> {
-    let cname = std::ffi::CString::new(name)?;
-    // SAFETY: getgrnam reads a NUL-terminated name; the result is used before any other call
-    // that could overwrite its static buffer.
-    let group = unsafe { libc::getgrnam(cname.as_ptr()) };
-    if group.is_null() {
-        anyhow::bail!(
-            "the group {name} does not exist (it comes with the Debian mail daemon packages)"
-        );
-    }
-    // SAFETY: non-null pointer to a valid `struct group`.
-    Ok(unsafe { (*group).gr_gid })
-}
 
 /// The users-database entries of `md`'s Mailboxes, decided as the operator's plan decides
 /// them: address conflicts settled by [`crate::plan::addresses::settle`], passwords hashed by
@@ -296,6 +286,14 @@ fn resolve_mailboxes(
 mod tests {
     use super::*;
 
+    /// The daemons' groups come from the runtime the tests run the daemons in.
+    fn test_options() -> Options {
+        Options {
+            runtime: Runtime::from_env().expect("POSTWARDEN_ROOT"),
+            ..Options::default()
+        }
+    }
+
     const FILE: &str = r#"
 apiVersion: postwarden.dev/v1alpha1
 kind: MailDomain
@@ -341,7 +339,7 @@ stringData: {password: first-password}
         let first = inputs(FILE);
         let md = the_domain(&first).unwrap();
 
-        let applied = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        let applied = apply(&first, md, &layout, &store, test_options(), now).unwrap();
         assert_eq!(applied.changed.len(), 6, "every volume written");
         for file in [
             "main.cf",
@@ -378,20 +376,21 @@ stringData: {password: first-password}
         assert!(applied.dns_zone.contains("._domainkey.lab.example."));
 
         // The same input again: keys and hashes are kept, nothing is rewritten.
-        let again = apply(&first, md, &layout, &store, Options::default(), now).unwrap();
+        let again = apply(&first, md, &layout, &store, test_options(), now).unwrap();
         assert!(again.changed.is_empty(), "{:?}", again.changed);
         assert_eq!(again.dns_zone, applied.dns_zone);
 
         // A new password touches the users database only.
         let second = inputs(&FILE.replace("first-password", "second-password"));
         let md2 = the_domain(&second).unwrap();
-        let changed = apply(&second, md2, &layout, &store, Options::default(), now).unwrap();
+        let changed = apply(&second, md2, &layout, &store, test_options(), now).unwrap();
         assert_eq!(changed_dirs(&changed, &layout), ["/etc/postwarden/users"]);
 
         // A rotated certificate touches the TLS Secret only, from the same CA.
         let tls_before = std::fs::read_to_string(layout.tls_dir().join("tls.crt")).unwrap();
         let rotate = Options {
             rotate_certificate: true,
+            ..test_options()
         };
         let rotated = apply(&second, md2, &layout, &store, rotate, now).unwrap();
         assert_eq!(changed_dirs(&rotated, &layout), ["/etc/postwarden/tls"]);

@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 
+use crate::runtime::Runtime;
+
 /// Directories searched after `PATH`: daemons live in sbin, which is often not on a user's PATH.
 const SBIN_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin"];
 
@@ -65,12 +67,13 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Resolves every program in `programs`, or names all that are missing and how to install them.
-pub fn find_programs(programs: &[Program]) -> anyhow::Result<Vec<PathBuf>> {
+/// Resolves every program in `programs` in `runtime`, or names all that are missing and how to
+/// install them.
+pub fn find_programs(runtime: &Runtime, programs: &[Program]) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for p in programs {
-        match find_program(p.name) {
+        match runtime.find_program(p.name) {
             Some(path) => found.push(path),
             None => missing.push(p),
         }
@@ -81,10 +84,13 @@ pub fn find_programs(programs: &[Program]) -> anyhow::Result<Vec<PathBuf>> {
     let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
     let mut packages: Vec<&str> = missing.iter().map(|p| p.package).collect();
     packages.dedup();
+    let searched = match runtime {
+        Runtime::Host => format!("PATH and {}", SBIN_DIRS.join(", ")),
+        Runtime::Root { dir, .. } => format!("the root {}", dir.display()),
+    };
     anyhow::bail!(
-        "{} not found (searched PATH and {}); install the Debian package(s) {} (e2e/install-deps.sh installs everything)",
+        "{} not found (searched {searched}); install the Debian package(s) {} there, or run the daemons from a Debian 13 root with --root DIR (e2e/debian13-root.sh builds one)",
         names.join(", "),
-        SBIN_DIRS.join(", "),
         packages.join(" ")
     )
 }
@@ -114,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_named_with_its_package() {
-        let err = find_programs(&[Program {
+        let err = find_programs(&Runtime::Host, &[Program {
             name: "postwarden-no-such-daemon",
             package: "no-such-package",
         }])

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{scripts, Layout};
+use crate::config::{replication, scripts, Layout};
+use crate::runtime::Runtime;
 use crate::manifest;
 
 use super::apply::{self, Applied};
@@ -38,6 +39,8 @@ pub struct UpOptions {
     pub file: PathBuf,
     pub dir: PathBuf,
     pub port_base: u16,
+    /// Run the daemons from this Debian root instead of the host's packages.
+    pub root: Option<PathBuf>,
 }
 
 /// Options of `local reload`.
@@ -55,6 +58,25 @@ struct Settings {
     file: PathBuf,
     port_base: u16,
     imap_replicas: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<PathBuf>,
+}
+
+/// The runtime of `--root`, seeing DIR and this binary (the replication agent) at their paths.
+fn runtime(root: Option<&Path>, dir: &Path) -> anyhow::Result<Runtime> {
+    let Some(root) = root else {
+        return Ok(Runtime::Host);
+    };
+    let mut runtime = Runtime::root(root)?.sharing(dir);
+    if let Some(bin_dir) = agent_binary()?.parent() {
+        runtime = runtime.sharing(bin_dir);
+    }
+    Ok(runtime)
+}
+
+/// This binary, which the IMAP entrypoints run as the replication agent.
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?.canonicalize()?)
 }
 
 /// Runs the stack until SIGINT or SIGTERM.
@@ -98,6 +120,7 @@ pub fn reload(options: ReloadOptions) -> anyhow::Result<()> {
         &store,
         apply::Options {
             rotate_certificate: options.rotate_certificate,
+            runtime: runtime(settings.root.as_deref(), &dir)?,
         },
         jiff::Timestamp::now(),
     )?;
@@ -128,7 +151,8 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = absolute(&options.dir)?;
     let layout = Layout::local(&dir, options.port_base, replicas);
-    preflight::find_programs(preflight::PROGRAMS)?;
+    let runtime = runtime(options.root.as_deref(), &dir)?;
+    preflight::find_programs(&runtime, preflight::PROGRAMS)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
@@ -136,6 +160,14 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         );
     }
     preflight::check_ports_free(&listening_ports(&layout))?;
+    let versions = runtime.versions()?;
+    versions.check()?;
+    println!(
+        "daemons from {}: Postfix {}, Dovecot {}",
+        runtime.base().display(),
+        versions.postfix,
+        versions.dovecot
+    );
     prepare_dir(&dir)?;
 
     let store = Store::new(&dir, md.metadata.namespace.clone());
@@ -144,7 +176,10 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         md,
         &layout,
         &store,
-        apply::Options::default(),
+        apply::Options {
+            runtime: runtime.clone(),
+            ..apply::Options::default()
+        },
         jiff::Timestamp::now(),
     )?;
     warn(&applied);
@@ -152,13 +187,13 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
         file: absolute(&options.file)?,
         port_base: options.port_base,
         imap_replicas: replicas,
+        root: options.root.as_deref().map(absolute).transpose()?,
     };
     ready::write_atomic(&dir.join(SETTINGS), &serde_json::to_vec_pretty(&settings)?)?;
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let sh = preflight::find_program("sh").unwrap_or_else(|| PathBuf::from("/bin/sh"));
-    let specs = daemon_specs(&layout, &sh, replicas);
+    let specs = daemon_specs(&layout, &runtime, replicas)?;
     let mut stack = Stack::spawn(specs).await?;
     let started_up = tokio::select! {
         ready = stack.wait_ready(READY_TIMEOUT) => ready,
@@ -208,7 +243,7 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
 }
 
 fn imap_replicas(md: &crate::api::MailDomain) -> usize {
-    md.spec.imap.replicas.clamp(1, 2) as usize
+    md.spec.imap.replicas.clamp(1, crate::api::validate::MAX_IMAP_REPLICAS) as usize
 }
 
 fn check_port_base(base: u16, replicas: usize) -> anyhow::Result<()> {
@@ -268,12 +303,19 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
             (format!("lmtp-{ordinal}"), i.lmtp),
             (format!("doveadm-{ordinal}"), i.doveadm),
         ]);
+        if replication::enabled(layout) {
+            out.push((format!("replication-metrics-{ordinal}"), i.replication_metrics));
+        }
     }
     out
 }
 
 /// The entrypoints of the pods' containers, run as they run there.
-fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
+fn daemon_specs(layout: &Layout, runtime: &Runtime, replicas: usize) -> anyhow::Result<Vec<Spec>> {
+    let sh = runtime
+        .find_program("sh")
+        .unwrap_or_else(|| PathBuf::from("/bin/sh"));
+    let agent = agent_binary()?.display().to_string();
     let config = layout.config_dir();
     let console = |name: &str| {
         layout
@@ -294,6 +336,7 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         env
     };
+    let sh = sh.as_path();
     let p = &layout.ports;
     let mut specs = vec![Spec {
         name: "rspamd".into(),
@@ -311,8 +354,15 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
             name: format!("dovecot-{ordinal}"),
             program: sh.to_path_buf(),
             args: vec![config.join(scripts::IMAP_ENTRYPOINT).into()],
-            ports: vec![i.imap, i.imaps, i.lmtp, i.doveadm],
-            env: env(&[("POSTWARDEN_ORDINAL", ordinal.to_string())]),
+            ports: if replication::enabled(layout) {
+                vec![i.imap, i.imaps, i.lmtp, i.doveadm, i.replication_metrics]
+            } else {
+                vec![i.imap, i.imaps, i.lmtp, i.doveadm]
+            },
+            env: env(&[
+                ("POSTWARDEN_ORDINAL", ordinal.to_string()),
+                ("POSTWARDEN_AGENT", agent.clone()),
+            ]),
             log: console(&format!("dovecot-{ordinal}")),
             main_pid_file: Some(inst.run_dir.join("dovecot/master.pid")),
         });
@@ -336,7 +386,12 @@ fn daemon_specs(layout: &Layout, sh: &Path, replicas: usize) -> Vec<Spec> {
         log: console("postfix"),
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });
-    specs
+    for spec in &mut specs {
+        let (program, args) = runtime.wrap(&spec.program, std::mem::take(&mut spec.args));
+        spec.program = program;
+        spec.args = args;
+    }
+    Ok(specs)
 }
 
 fn warn(applied: &Applied) {

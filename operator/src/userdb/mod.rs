@@ -179,7 +179,7 @@ fn passwd_line(address: &str, m: &ResolvedMailbox) -> String {
         extra.push("fail".to_string());
     }
     if let Some(q) = m.quota_bytes {
-        extra.push(format!("userdb_quota_rule=*:bytes={q}"));
+        extra.push(format!("userdb_quota_storage_size={q}"));
     }
     format!("{address}:{}::::::{}\n", m.password_hash, extra.join(" "))
 }

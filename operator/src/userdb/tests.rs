@@ -161,7 +161,7 @@ fn quickstart_maps_route_aliases_and_forwards() {
     assert!(
         map_lines(&db, MAP_SENDERS).contains(&"postmaster@example.com alice@example.com".into())
     );
-    assert!(db.shards[0xc].ends_with(":userdb_quota_rule=*:bytes=2147483648\n"));
+    assert!(db.shards[0xc].ends_with(":userdb_quota_storage_size=2147483648\n"));
 }
 
 #[test]
