@@ -268,11 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/debian_version"), "13.8\n").unwrap();
-        std::fs::write(
-            dir.path().join("etc/group"),
-            "root:x:0:\ndovecot:x:106:\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\ndovecot:x:106:\n").unwrap();
         let rt = Runtime::root(dir.path()).unwrap();
         assert_eq!(rt.group_id("dovecot").unwrap(), 106);
         let err = rt.group_id("postfix").unwrap_err().to_string();
@@ -300,6 +296,9 @@ mod tests {
                 "-F".into()
             ]
         );
-        assert_eq!(Runtime::Host.wrap(Path::new("/bin/true"), vec![]).0, Path::new("/bin/true"));
+        assert_eq!(
+            Runtime::Host.wrap(Path::new("/bin/true"), vec![]).0,
+            Path::new("/bin/true")
+        );
     }
 }

@@ -43,7 +43,8 @@ tag=complete
 mark
 summary=$(cd "$SCRATCH_DIR" && restic backup --json --host "$BACKUP_HOST" --tag "postwarden,$tag" \
   ${BACKUP_TIME:+--time "$BACKUP_TIME"} mail 2>>"$LOG" | grep '"message_type":"summary"' | tail -n 1)
-snapshot=$(json_field snapshot_id "$summary")
+# Reported by its short id, as `restic snapshots` names it (restic 0.18 reports the full id).
+snapshot=$(json_field snapshot_id "$summary" | cut -c1-8)
 [ -n "$snapshot" ] || fail "restic backup failed: $(last_error)"
 bytes=$(json_num data_added "$summary")
 total=$(json_num total_bytes_processed "$summary")

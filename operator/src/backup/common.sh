@@ -68,16 +68,21 @@ emit_result() {
 write_doveadm_conf() {
   mkdir -p "$SCRATCH_DIR/run" "$SCRATCH_DIR/state"
   {
+    echo "dovecot_config_version = 2.4.0"
+    echo "dovecot_storage_version = 2.4.0"
     echo "base_dir = $SCRATCH_DIR/run"
     echo "state_dir = $SCRATCH_DIR/state"
     echo "log_path = /dev/stderr"
-    echo "mail_location = maildir:~/Maildir"
+    echo "mail_driver = maildir"
+    # No userdb: each command's HOME (doveadm_as) is the user's home.
+    echo "mail_home = %{env:HOME}"
+    echo "mail_path = %{home}/Maildir"
     echo "doveadm_password = <$DOVEADM_PASSWORD_FILE"
     # TLS always (the servers accept nothing else); like the replicas' own dsync connections,
     # the certificate is verified only against a given CA, since a publicly issued one cannot
     # name pod hosts. The password authenticates; the NetworkPolicy admits only backup pods.
     if [ -n "$DOVEADM_CA_FILE" ]; then
-      echo "ssl_client_ca_file = <$DOVEADM_CA_FILE"
+      echo "ssl_client_ca_file = $DOVEADM_CA_FILE"
     else
       echo "ssl_client_require_valid_cert = no"
     fi
@@ -88,12 +93,22 @@ write_doveadm_conf() {
   } > "$DOVEADM_CONF"
 }
 
-# doveadm HOME USER ARGS...: one doveadm command as USER with mail under HOME.
+# doveadm HOME USER [-f FORMATTER] COMMAND ARGS...: one doveadm mail command as USER with mail
+# under HOME, without a userdb (the job has none). A two-word COMMAND is passed as one word
+# ("mailbox status").
 doveadm_as() {
-  local home="$1" user="$2"
+  local home="$1" user="$2" format=() cmd
   shift 2
+  if [ "$1" = "-f" ]; then
+    format=(-f "$2")
+    shift 2
+  fi
+  cmd="$1"
+  shift
   mkdir -p "$home"
-  USER="$user" HOME="$home" timeout "$DOVEADM_TIMEOUT" doveadm -c "$DOVEADM_CONF" "$@"
+  # shellcheck disable=SC2086 # a two-word command splits into its words
+  USER="$user" HOME="$home" timeout "$DOVEADM_TIMEOUT" \
+    doveadm -c "$DOVEADM_CONF" "${format[@]}" $cmd --no-userdb-lookup "$@"
 }
 
 # doveadm_remote HOME USER DSYNC-ARGS...: runs `doveadm DSYNC-ARGS... SERVER` (a sync or a

@@ -114,7 +114,7 @@ impl Harness {
         chown_tree(&dir.join("job"));
 
         let conf = layout.config_dir().join(dovecot::instance_file_name(0));
-        let dovecot = Command::new(find("dovecot"))
+        let dovecot = daemon(&dir, "dovecot")
             .args(["-F", "-c"])
             .arg(&conf)
             .stdin(Stdio::null())
@@ -154,7 +154,7 @@ impl Harness {
             .layout
             .config_dir()
             .join(dovecot::instance_file_name(0));
-        let mut cmd = Command::new(find("doveadm"));
+        let mut cmd = daemon(&self.dir, "doveadm");
         cmd.arg("-c").arg(conf).args(args);
         let out = run(cmd, stdin);
         assert!(
@@ -235,7 +235,7 @@ impl Harness {
         env: &[(&'static str, String)],
     ) -> (Output, Option<RunResult>) {
         let _ = std::fs::remove_file(&self.jobs.result_file);
-        let mut cmd = Command::new("setpriv");
+        let mut cmd = daemon(&self.dir, "setpriv");
         cmd.args([
             "--reuid",
             &VMAIL_UID.to_string(),
@@ -285,7 +285,7 @@ impl Harness {
             .jobs
             .key_dir
             .join(&self.backup.encryption_key_secret_ref.key);
-        let mut cmd = Command::new(find("restic"));
+        let mut cmd = daemon(&self.dir, "restic");
         cmd.args(args)
             .env("RESTIC_REPOSITORY", self.repository())
             .env("RESTIC_PASSWORD_FILE", key_file)
@@ -325,11 +325,9 @@ impl Drop for Harness {
     }
 }
 
-fn find(program: &str) -> PathBuf {
-    PATH.split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{program} is not installed (e2e/install-deps.sh installs it)"))
+/// `program` of the daemons' runtime (a Debian root with POSTWARDEN_ROOT), seeing `dir`.
+fn daemon(dir: &Path, program: &str) -> Command {
+    crate::config::daemon_tests::runtime(dir).command(program)
 }
 
 fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
@@ -539,7 +537,7 @@ fn failed_backup_is_reported_in_the_result_and_the_status() {
     // A repository created with another key: restic cannot open it.
     let other_key = h.dir.join("other-key");
     write(&other_key, "not the configured key", 0o644);
-    let mut init = Command::new(find("restic"));
+    let mut init = daemon(&h.dir, "restic");
     init.args(["init"])
         .env("RESTIC_REPOSITORY", h.repository())
         .env("RESTIC_PASSWORD_FILE", &other_key);

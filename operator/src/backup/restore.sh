@@ -17,7 +17,7 @@ fail() {
 
 # Total number of messages in every folder of the local copy at HOME of USER.
 message_count() {
-  doveadm_as "$1" "$2" -f flow mailbox status messages '*' 2>>"$LOG" \
+  doveadm_as "$1" "$2" -f flow "mailbox status" messages '*' 2>>"$LOG" \
     | grep -o 'messages=[0-9]*' | cut -d= -f2 | awk '{ n += $1 } END { print n + 0 }'
 }
 

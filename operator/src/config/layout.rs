@@ -235,7 +235,13 @@ impl Layout {
         };
         let peers = (0..self.imap_replicas())
             .filter(|&p| p != ordinal)
-            .map(|p| (p, self.imap_hosts[p].clone(), self.instance_ports(p).doveadm))
+            .map(|p| {
+                (
+                    p,
+                    self.imap_hosts[p].clone(),
+                    self.instance_ports(p).doveadm,
+                )
+            })
             .collect();
         ImapInstance {
             ordinal,

@@ -62,9 +62,8 @@ fn submission_passwords_stay_in_the_mta_pod() {
         assert!(conf.contains(&auth), "{conf}");
         assert!(dovecot::render(&md, &layout)[dovecot::DOVECOT_CONF].contains(&auth));
         for line in [
-            "protocols = none",
+            "protocols =",
             "listen = 127.0.0.1",
-            "    address = 127.0.0.1",
             &format!("    port = {}", layout.ports.auth),
         ] {
             assert!(
@@ -74,7 +73,7 @@ fn submission_passwords_stay_in_the_mta_pod() {
         }
         // One listener only, and nothing else of the IMAP pods: no mail, TLS or doveadm.
         assert_eq!(conf.matches("inet_listener").count(), 1, "{conf}");
-        for absent in ["ssl_key", "doveadm", "lmtp", "imap", "mail_location"] {
+        for absent in ["ssl_server", "doveadm", "lmtp", "imap", "mail_driver"] {
             assert!(!conf.contains(absent), "{absent} in {conf}");
         }
         assert!(conf.contains(&format!(
@@ -238,29 +237,70 @@ fn dovecot_enforces_tls_and_reads_secrets_from_files() {
     for line in [
         "ssl = required",
         "ssl_min_protocol = TLSv1.2",
-        "disable_plaintext_auth = yes",
-        "auth_username_format = %Lu",
-        "args = scheme=SHA512-CRYPT /etc/postwarden/users/%1Mu.passwd",
-        "default_fields = uid=5000 gid=5000",
-        "quota = count:User quota",
+        "auth_allow_cleartext = no",
+        "auth_username_format = %{user | lower}",
+        "  default_password_scheme = SHA512-CRYPT",
+        "  passwd_file_path = /etc/postwarden/users/%{user | md5 | hexlify | substr(0, 1)}.passwd",
+        "mail_uid = 5000",
+        "quota \"User quota\" {",
         "doveadm_password = </etc/postwarden/secrets/doveadm-password",
-        "ssl_key = </etc/postwarden/tls/tls.key",
+        "ssl_server_key_file = /etc/postwarden/tls/tls.key",
     ] {
         assert!(shared.contains(&format!("{line}\n")), "missing {line:?}");
     }
-    // The mail plugins replication needs are in the global list before protocol blocks extend it.
-    let global = shared
-        .find("mail_plugins = $mail_plugins quota notify replication\n")
-        .unwrap();
-    assert!(global < shared.find("protocol imap {").unwrap());
+    assert!(
+        !shared.contains("replicat"),
+        "no replicator setting: {shared}"
+    );
     assert_eq!(files.len(), 3, "shared file and one per replica");
     let one = &files[&dovecot::instance_file_name(1)];
+    // Dovecot 2.4 wants the configuration version before anything else.
+    assert!(one
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .is_some_and(|l| l == "dovecot_config_version = 2.4.0"));
     assert!(one.contains("!include /etc/postwarden/config/dovecot.conf\n"));
-    assert!(
-        one.contains("mail_replica = tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346\n")
-    );
     assert!(one.contains("base_dir = /run/postwarden/dovecot\n"));
-    assert!(one.contains("mail_home = /var/mail/%d/%n\n"));
+    assert!(one.contains("mail_home = /var/mail/%{user | domain}/%{user | username}\n"));
+    assert!(one.contains("unix_path = /run/postwarden/replication-events\n"));
+
+    // Each replica's agent syncs with every other replica's doveadm server.
+    let agents = replication::render(&md, &k8s(&md));
+    let agent: replication::AgentConfig =
+        serde_json::from_str(&agents[&replication::agent_file_name(1)]).unwrap();
+    assert_eq!(
+        agent.peers,
+        [replication::Peer {
+            name: "imap-0".into(),
+            endpoint: "tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346".into()
+        }]
+    );
+    assert_eq!(agent.metrics_listen, "0.0.0.0:9901");
+}
+
+#[test]
+fn every_replica_replicates_with_every_other() {
+    let mut md = quickstart();
+    md.spec.imap.replicas = 3;
+    let layout = Layout::local(std::path::Path::new("/srv/pw"), 10000, 3);
+    let agents = replication::render(&md, &layout);
+    assert_eq!(agents.len(), 3);
+    for ordinal in 0..3 {
+        let agent: replication::AgentConfig =
+            serde_json::from_str(&agents[&replication::agent_file_name(ordinal)]).unwrap();
+        let peers: Vec<&str> = agent.peers.iter().map(|p| p.name.as_str()).collect();
+        let expected: Vec<String> = (0..3)
+            .filter(|&o| o != ordinal)
+            .map(|o| format!("imap-{o}"))
+            .collect();
+        assert_eq!(peers, expected);
+        assert_eq!(
+            agent.dovecot_config,
+            std::path::Path::new(&format!(
+                "/srv/pw/etc/postwarden/config/dovecot-{ordinal}.conf"
+            ))
+        );
+    }
 }
 
 #[test]
@@ -270,13 +310,10 @@ fn one_dovecot_replica_has_no_replication() {
     let files = dovecot::render(&md, &k8s(&md));
     assert_eq!(files.len(), 2);
     let all: String = files.values().cloned().collect();
-    assert!(
-        !all.contains("mail_replica") && !all.contains("replication"),
-        "{all}"
-    );
-    assert!(!all.contains(" notify"));
+    assert!(!all.contains("replication"), "{all}");
+    assert!(replication::render(&md, &k8s(&md)).is_empty());
     let entry = &scripts::render(&md, &k8s(&md))[scripts::IMAP_ENTRYPOINT];
-    assert!(!entry.contains("replicator"));
+    assert!(!entry.contains("postwarden replicate") && !entry.contains("\"$AGENT\""));
 }
 
 #[test]
@@ -287,10 +324,13 @@ fn local_layout_instances_get_their_own_dirs_and_ports() {
     let zero = &files[&dovecot::instance_file_name(0)];
     let one = &files[&dovecot::instance_file_name(1)];
     assert!(zero.contains("base_dir = /srv/pw/run/postwarden/imap-0/dovecot\n"));
-    assert!(one.contains("mail_home = /srv/pw/var/mail/imap-1/%d/%n\n"));
+    assert!(
+        one.contains("mail_home = /srv/pw/var/mail/imap-1/%{user | domain}/%{user | username}\n")
+    );
     assert!(zero.contains("port = 20993\n") && one.contains("port = 30993\n"));
-    assert!(zero.contains("mail_replica = tcps:127.0.0.1:31346\n"));
-    assert!(one.contains("mail_replica = tcps:127.0.0.1:21346\n"));
+    let agents = replication::render(&md, &layout);
+    assert!(agents[&replication::agent_file_name(0)].contains("\"tcps:127.0.0.1:31346\""));
+    assert!(agents[&replication::agent_file_name(1)].contains("\"tcps:127.0.0.1:21346\""));
     assert!(zero.contains("log_path = /srv/pw/var/log/dovecot-0.log\n"));
     let ports: Vec<u16> = layout.listen_ports().iter().map(|(p, _)| *p).collect();
     assert!(ports.contains(&20025) && ports.contains(&31346) && ports.contains(&21332));

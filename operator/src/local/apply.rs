@@ -227,7 +227,6 @@ fn internal_secrets(store: &Store, names: &DomainNames) -> anyhow::Result<Intern
     Ok(secrets)
 }
 
-
 /// The users-database entries of `md`'s Mailboxes, decided as the operator's plan decides
 /// them: address conflicts settled by [`crate::plan::addresses::settle`], passwords hashed by
 /// [`crate::plan::resolve_mailbox`]. Mailboxes and aliases left out come back as warnings.

@@ -120,10 +120,13 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_named_with_its_package() {
-        let err = find_programs(&Runtime::Host, &[Program {
-            name: "postwarden-no-such-daemon",
-            package: "no-such-package",
-        }])
+        let err = find_programs(
+            &Runtime::Host,
+            &[Program {
+                name: "postwarden-no-such-daemon",
+                package: "no-such-package",
+            }],
+        )
         .unwrap_err()
         .to_string();
         assert!(

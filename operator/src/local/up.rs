@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{replication, scripts, Layout};
-use crate::runtime::Runtime;
 use crate::manifest;
+use crate::runtime::Runtime;
 
 use super::apply::{self, Applied};
 use super::daemon::Spec;
@@ -243,7 +243,10 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
 }
 
 fn imap_replicas(md: &crate::api::MailDomain) -> usize {
-    md.spec.imap.replicas.clamp(1, crate::api::validate::MAX_IMAP_REPLICAS) as usize
+    md.spec
+        .imap
+        .replicas
+        .clamp(1, crate::api::validate::MAX_IMAP_REPLICAS) as usize
 }
 
 fn check_port_base(base: u16, replicas: usize) -> anyhow::Result<()> {
@@ -304,7 +307,10 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
             (format!("doveadm-{ordinal}"), i.doveadm),
         ]);
         if replication::enabled(layout) {
-            out.push((format!("replication-metrics-{ordinal}"), i.replication_metrics));
+            out.push((
+                format!("replication-metrics-{ordinal}"),
+                i.replication_metrics,
+            ));
         }
     }
     out

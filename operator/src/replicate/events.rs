@@ -15,7 +15,11 @@ pub fn user_of(line: &str) -> Option<String> {
 
 /// Listens on `path` for Dovecot's stats process (Dovecot's internal user, hence the group)
 /// and calls `on_user` for every user an event names.
-pub async fn listen(path: &Path, group: Option<u32>, on_user: impl Fn(String) + Clone + Send + 'static) -> anyhow::Result<()> {
+pub async fn listen(
+    path: &Path,
+    group: Option<u32>,
+    on_user: impl Fn(String) + Clone + Send + 'static,
+) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
@@ -46,7 +50,10 @@ mod tests {
     fn the_user_comes_from_the_event_fields() {
         let delivery = r#"{"event":"mail_delivery_finished","fields":{"rcpt_to":"alice@example.com","user":"Alice@Example.com","message_size":275}}"#;
         assert_eq!(user_of(delivery).as_deref(), Some("alice@example.com"));
-        assert_eq!(user_of(r#"{"event":"imap_command_finished","fields":{}}"#), None);
+        assert_eq!(
+            user_of(r#"{"event":"imap_command_finished","fields":{}}"#),
+            None
+        );
         assert_eq!(user_of("not json"), None);
     }
 }

@@ -154,8 +154,14 @@ impl Agent {
         let now = Instant::now();
         for (peer, q) in self.queues.lock().expect("queues").iter() {
             let labels = PeerLabels { peer: peer.clone() };
-            self.metrics.lag_seconds.get_or_create(&labels).set(q.lag_seconds(now));
-            self.metrics.queue_length.get_or_create(&labels).set(q.len() as i64);
+            self.metrics
+                .lag_seconds
+                .get_or_create(&labels)
+                .set(q.lag_seconds(now));
+            self.metrics
+                .queue_length
+                .get_or_create(&labels)
+                .set(q.len() as i64);
         }
     }
 }
@@ -252,7 +258,10 @@ async fn sweeper(agent: Arc<Agent>) {
             Ok(users) => {
                 tracing::info!(users = users.len(), "full sweep");
                 agent.sweep(&users);
-                agent.metrics.last_sweep.set(jiff::Timestamp::now().as_second());
+                agent
+                    .metrics
+                    .last_sweep
+                    .set(jiff::Timestamp::now().as_second());
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the users for a sweep"),
         }
@@ -291,7 +300,10 @@ fn dovecot_group() -> Option<u32> {
     (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
-async fn metrics_server(agent: Arc<Agent>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+async fn metrics_server(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
     use axum::http::header;
     use axum::routing::get;
     let app = axum::Router::new().route(
@@ -321,7 +333,11 @@ mod tests {
     #[test]
     fn users_come_from_every_shard() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("0.passwd"), "bob@example.com:{SHA512-CRYPT}x::::::\n").unwrap();
+        std::fs::write(
+            dir.path().join("0.passwd"),
+            "bob@example.com:{SHA512-CRYPT}x::::::\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("c.passwd"),
             "alice@example.com:{SHA512-CRYPT}y::::::userdb_quota_storage_size=1\n",

@@ -86,7 +86,9 @@ impl PeerQueue {
             .filter_map(|p| p.since)
             .chain(self.running.values().filter_map(|s| *s))
             .min()
-            .map_or(0.0, |oldest| now.saturating_duration_since(oldest).as_secs_f64())
+            .map_or(0.0, |oldest| {
+                now.saturating_duration_since(oldest).as_secs_f64()
+            })
     }
 }
 
