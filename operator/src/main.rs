@@ -84,6 +84,19 @@ enum LocalCommand {
         #[arg(long, env = "POSTWARDEN_ROOT")]
         root: Option<PathBuf>,
     },
+    /// Run one program of the daemons' runtime (doveadm, postqueue, postconf, ...): the host's,
+    /// or the one in the --root directory with the --share directories visible at their paths.
+    Exec {
+        /// The Debian root the daemons run from (as for `local up`).
+        #[arg(long, env = "POSTWARDEN_ROOT")]
+        root: Option<PathBuf>,
+        /// A directory the program works on (repeatable): e.g. the `local up` DIR.
+        #[arg(long)]
+        share: Vec<PathBuf>,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Apply a changed file to a running stack as the operator would (users, aliases, keys),
     /// without restarting a daemon.
     Reload {
@@ -124,6 +137,11 @@ fn main() -> ExitCode {
             port_base,
             root,
         }),
+        Command::Local(LocalCommand::Exec {
+            root,
+            share,
+            command,
+        }) => postwarden::local::exec(root.as_deref(), &share, &command),
         Command::Local(LocalCommand::Reload {
             dir,
             file,

@@ -92,3 +92,47 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn exported_names_are_the_ones_the_chart_may_query() {
+        let m = Metrics::new();
+        let peer = PeerLabels {
+            peer: "imap-1".into(),
+        };
+        m.lag_seconds.get_or_create(&peer).set(1.5);
+        m.queue_length.get_or_create(&peer).set(2);
+        m.sync_duration.get_or_create(&peer).observe(0.1);
+        m.syncs
+            .get_or_create(&SyncLabels {
+                peer: "imap-1".into(),
+                result: "ok".into(),
+            })
+            .inc();
+        m.events.inc();
+        let text = m.encode();
+        let exported: BTreeSet<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+            .collect();
+        let listed: BTreeSet<String> = include_str!("../../../charts/postwarden/metrics-agent.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            exported, listed,
+            "update charts/postwarden/metrics-agent.txt"
+        );
+        assert!(
+            text.contains("postwarden_replication_lag_seconds{peer=\"imap-1\"} 1.5"),
+            "{text}"
+        );
+    }
+}

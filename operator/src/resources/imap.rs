@@ -56,7 +56,7 @@ pub fn build(
 
     let mut ports = service::imap_ports(&layout.ports).to_vec();
     ports.extend(service::imap_internal_ports(&layout.ports));
-    ports.push(service::imap_metrics_port(&layout.ports));
+    ports.extend(service::imap_metrics_ports(&layout));
 
     // `service status` asks the master process over its socket: quiet, unlike a TCP probe
     // on the IMAP ports, which logs a disconnect every time.

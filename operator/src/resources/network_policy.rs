@@ -54,7 +54,10 @@ pub fn build_imap(domain: &Domain) -> NetworkPolicy {
                 ],
                 &[doveadm],
             ),
-            from(metrics_peers(domain), &[service::imap_metrics_port(&ports)]),
+            from(
+                metrics_peers(domain),
+                &service::imap_metrics_ports(&domain.layout()),
+            ),
         ],
     )
 }
@@ -190,6 +193,7 @@ mod tests {
         assert_eq!(peers(24), ["mta"]);
         assert_eq!(peers(12346), ["imap", "backup"]);
         assert_eq!(peers(9900), ["domain", "scraper"]);
+        assert_eq!(peers(9901), ["domain", "scraper"]);
         let np = build_imap(&domain);
         for rule in np.spec.unwrap().ingress.unwrap() {
             for peer in rule.from.into_iter().flatten() {

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Domain;
 use crate::api::maildomain::ServiceType;
-use crate::config::Ports;
+use crate::config::{Layout, Ports};
 use crate::names::Component;
 
 /// A named TCP port: the Service port and the container port it targets by name.
@@ -100,12 +100,21 @@ pub fn imap_internal_ports(p: &Ports) -> [NamedPort; 2] {
     ]
 }
 
-/// Dovecot's OpenMetrics exporter.
-pub fn imap_metrics_port(p: &Ports) -> NamedPort {
-    NamedPort {
+/// Dovecot's OpenMetrics exporter, and the replication agent's metrics when the domain has
+/// replicas to replicate with.
+pub fn imap_metrics_ports(layout: &Layout) -> Vec<NamedPort> {
+    let p = &layout.ports;
+    let mut ports = vec![NamedPort {
         name: "dovecot-metrics",
         port: p.dovecot_metrics,
+    }];
+    if crate::config::replication::enabled(layout) {
+        ports.push(NamedPort {
+            name: "replication-metrics",
+            port: p.replication_metrics,
+        });
     }
+    ports
 }
 
 /// Service `<md>-mta`: SMTP 25, submissions 465, submission 587, exposed as `spec.mta.serviceType`.
@@ -157,9 +166,9 @@ pub fn build_mta_headless(domain: &Domain) -> Service {
 /// start together can reach each other to replicate before either is ready; Postfix retries
 /// another address when one refuses.
 pub fn build_imap_headless(domain: &Domain) -> Service {
-    let ports = domain.layout().ports;
-    let mut named: Vec<NamedPort> = imap_internal_ports(&ports).to_vec();
-    named.push(imap_metrics_port(&ports));
+    let layout = domain.layout();
+    let mut named: Vec<NamedPort> = imap_internal_ports(&layout.ports).to_vec();
+    named.extend(imap_metrics_ports(&layout));
     headless(
         domain,
         domain.names.imap_headless(),
@@ -246,7 +255,7 @@ mod tests {
         assert_eq!(port_numbers(&build_imap(&domain)), [143, 993]);
         assert_eq!(
             port_numbers(&build_imap_headless(&domain)),
-            [24, 12346, 9900]
+            [24, 12346, 9900, 9901]
         );
     }
 
