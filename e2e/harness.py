@@ -37,6 +37,38 @@ def operator_binary() -> Path:
     return path
 
 
+def daemon_root() -> Path | None:
+    """The Debian root the mail daemons run from: POSTWARDEN_ROOT (set empty for the host's own
+    packages on a Debian 13 host), else the cached Debian 13 root of e2e/debian13-root.sh."""
+    if "POSTWARDEN_ROOT" in os.environ:
+        value = os.environ["POSTWARDEN_ROOT"]
+        return Path(value) if value else None
+    out = subprocess.run([str(E2E / "debian13-root.sh")], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+def in_runtime(*command: str, share: tuple[Path, ...] = ()) -> list[str]:
+    """The command line running `command` in the daemons' runtime (`postwarden local exec`),
+    with the directories in `share` visible at their paths."""
+    root = daemon_root()
+    args = [str(operator_binary()), "local", "exec"]
+    if root:
+        args += ["--root", str(root)]
+    for d in share:
+        args += ["--share", str(d)]
+    return args + ["--", *command]
+
+
+def runtime_id(database: str, name: str) -> int:
+    """The uid (`passwd`) or gid (`group`) of `name` in the daemons' runtime."""
+    base = daemon_root() or Path("/")
+    for line in (base / "etc" / database).read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise KeyError(f"{name} is not in {base}/etc/{database}")
+
+
 class OperatorProcess:
     """One `postwarden run` process against a kubeconfig context, logging to a file."""
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on Debian bookworm: the real mail daemons the rendered
-# configuration is proven in, mmdebstrap for the Debian 13 root of the images' daemons
-# (e2e/debian13-root.sh), and the Python tools of the Kubernetes API and manifest tests.
+# Installs what the test suite needs on Debian 12 or 13: mmdebstrap for the Debian 13 root the
+# mail daemons run from (e2e/debian13-root.sh; the host needs no mail daemon of its own), and the
+# Python tools of the Kubernetes API and manifest tests.
 # Needs root (or sudo). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,15 +9,13 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=0
-for bin in postfix dovecot rspamd openssl restic ip unshare mmdebstrap; do
+for bin in openssl ip unshare setpriv mmdebstrap; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/usr/bin/$bin" ] || missing=1
 done
 if [ "$missing" = 1 ]; then
-  printf 'postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string localhost\n' \
-    | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    postfix dovecot-core dovecot-imapd dovecot-lmtpd rspamd openssl restic ca-certificates iproute2 util-linux mmdebstrap >/dev/null
+    openssl ca-certificates iproute2 util-linux mmdebstrap >/dev/null
 fi
 
 # The Kubernetes control plane of the operator suite is built from source (e2e/controlplane.sh).

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import daemon_root, in_runtime, runtime_id
+
 EXPORTER = "prometheus-postfix-exporter"
 
 
@@ -41,15 +43,17 @@ def closed_port() -> int:
 @pytest.fixture
 def postfix_instance():
     assert os.geteuid() == 0, "Postfix's master needs root: run as root (CI does)"
-    postfix = shutil.which("postfix") or "/usr/sbin/postfix"
-    assert os.access(postfix, os.X_OK), "postfix is not installed (e2e/install-deps.sh)"
     # Not pytest's tmp_path: its parents are 0700 and the postfix user must reach the spool.
     base = Path(tempfile.mkdtemp(prefix="postwarden-queue-"))
     base.chmod(0o755)
+
+    def postfix(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(in_runtime(*args, share=(base,)), **kw)
+
     conf, spool, data = base / "conf", base / "spool", base / "data"
     for d in (conf, spool, data):
         d.mkdir()
-    shutil.chown(data, "postfix")
+    os.chown(data, runtime_id("passwd", "postfix"), -1)
     (conf / "main.cf").write_text(
         "\n".join(
             [
@@ -71,13 +75,13 @@ def postfix_instance():
             ]
         )
     )
-    shutil.copy("/etc/postfix/master.cf", conf / "master.cf")
-    subprocess.run(["postconf", "-c", str(conf), "-F", "*/*/chroot = n"], check=True)
-    subprocess.run([postfix, "-c", str(conf), "start"], check=True, capture_output=True)
+    shutil.copy((daemon_root() or Path("/")) / "etc/postfix/master.cf", conf / "master.cf")
+    postfix("postconf", "-c", str(conf), "-F", "*/*/chroot = n", check=True)
+    postfix("postfix", "-c", str(conf), "start", check=True, capture_output=True)
     try:
-        yield {"conf": conf, "spool": spool, "log": base / "maillog"}
+        yield {"conf": conf, "spool": spool, "log": base / "maillog", "run": postfix}
     finally:
-        subprocess.run([postfix, "-c", str(conf), "stop"], check=False, capture_output=True)
+        postfix("postfix", "-c", str(conf), "stop", check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -100,7 +104,8 @@ def test_postfix_queue_exporter_reports_deferred_mail(postfix_instance):
     showq = postfix_instance["spool"] / "public" / "showq"
     # The sidecar's command line (images/README.md), as the postfix user.
     proc = subprocess.Popen(
-        ["runuser", "-u", "postfix", "--", exporter, f"--web.listen-address=127.0.0.1:{port}",
+        ["setpriv", f"--reuid={runtime_id('passwd', 'postfix')}", f"--regid={runtime_id('group', 'postfix')}",
+         "--clear-groups", "--", exporter, f"--web.listen-address=127.0.0.1:{port}",
          f"--postfix.showq_path={showq}", "--postfix.logfile_path=/dev/null"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -116,8 +121,8 @@ def test_postfix_queue_exporter_reports_deferred_mail(postfix_instance):
         assert sum(queue_counts(metrics).values()) == 0
 
         message = "Subject: queued\n\nThis message cannot leave.\n"
-        subprocess.run(
-            ["sendmail", "-C", str(postfix_instance["conf"]), "-f", "sender@queue-test.invalid", "rcpt@example.net"],
+        postfix_instance["run"](
+            "sendmail", "-C", str(postfix_instance["conf"]), "-f", "sender@queue-test.invalid", "rcpt@example.net",
             input=message, text=True, check=True,
         )
         counts = {}
@@ -151,37 +156,40 @@ def documented_dovecot_stats() -> str:
 @pytest.fixture
 def dovecot_instance():
     assert os.geteuid() == 0, "Dovecot's master needs root: run as root (CI does)"
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    assert os.access(dovecot, os.X_OK), "dovecot is not installed (e2e/install-deps.sh)"
     base = Path(tempfile.mkdtemp(prefix="postwarden-stats-"))
     base.chmod(0o755)
     (base / "run").mkdir()
     (base / "home").mkdir()
-    shutil.chown(base / "home", "dovecot")
+    os.chown(base / "home", runtime_id("passwd", "dovecot"), -1)
     imap_port, metrics_port = free_port(), free_port()
-    stats = documented_dovecot_stats().replace("port = 9900", f"address = 127.0.0.1\n    port = {metrics_port}")
+    # The one listener on loopback: Dovecot 2.4 has no per-listener address, `listen` covers it.
+    stats = documented_dovecot_stats().replace("port = 9900", f"port = {metrics_port}")
     conf = base / "dovecot.conf"
     conf.write_text(
-        f"""base_dir = {base}/run
+        f"""dovecot_config_version = 2.4.0
+dovecot_storage_version = 2.4.0
+base_dir = {base}/run
 state_dir = {base}/state
 log_path = {base}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
 ssl = no
-disable_plaintext_auth = no
+auth_allow_cleartext = yes
 first_valid_uid = 1
-mail_location = maildir:~/Maildir
-passdb {{
-  driver = static
-  args = password=correct-horse
+mail_driver = maildir
+mail_path = ~/Maildir
+mail_uid = dovecot
+mail_gid = dovecot
+passdb static {{
+  password = correct-horse
 }}
-userdb {{
-  driver = static
-  args = uid=dovecot gid=dovecot home={base}/home/%u
+userdb static {{
+  fields {{
+    home = {base}/home/%{{user}}
+  }}
 }}
 service imap-login {{
   inet_listener imap {{
-    address = 127.0.0.1
     port = {imap_port}
   }}
   inet_listener imaps {{
@@ -191,11 +199,12 @@ service imap-login {{
 {stats}"""
     )
     # Dovecot daemonizes: its children must not hold pipes of ours open.
-    subprocess.run([dovecot, "-c", str(conf)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(in_runtime("dovecot", "-c", str(conf), share=(base,)), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield {"conf": conf, "imap": imap_port, "metrics": metrics_port, "log": base / "dovecot.log"}
     finally:
-        subprocess.run(["doveadm", "-c", str(conf), "stop"], check=False, capture_output=True)
+        subprocess.run(in_runtime("doveadm", "-c", str(conf), "stop", share=(base,)), check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 

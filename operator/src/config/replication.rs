@@ -161,21 +161,20 @@ pub fn entrypoint_started(_md: &MailDomain, layout: &Layout) -> String {
     if !enabled(layout) {
         return "stop_replication() { :; }\nkeep_replicating() { :; }\n".to_string();
     }
-    format!(
-        r#"# Replication: the agent syncs changed users with every peer (postwarden replicate).
-AGENT=${{POSTWARDEN_AGENT:-postwarden}}
+    r#"# Replication: the agent syncs changed users with every peer (postwarden replicate).
+AGENT=${POSTWARDEN_AGENT:-postwarden}
 AGENT_PID=
-keep_replicating() {{
+keep_replicating() {
   if [ -z "$AGENT_PID" ] || ! kill -0 "$AGENT_PID" 2>/dev/null; then
     [ -n "$AGENT_PID" ] && log "replication agent exited: restarting it"
     "$AGENT" replicate --config "$CONFIG/replication-$ORDINAL.json" &
     AGENT_PID=$!
   fi
-}}
-stop_replication() {{
+}
+stop_replication() {
   [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null || true
-}}
+}
 keep_replicating
 "#
-    )
+    .to_string()
 }

@@ -134,7 +134,12 @@ impl Agent {
     }
 
     fn next(&self, peer: &str) -> Option<String> {
-        let user = self.queues.lock().expect("queues").get_mut(peer)?.next();
+        let user = self
+            .queues
+            .lock()
+            .expect("queues")
+            .get_mut(peer)?
+            .take_next();
         self.publish();
         user
     }

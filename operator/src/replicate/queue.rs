@@ -38,7 +38,7 @@ impl PeerQueue {
 
     /// Takes the next user to sync: the oldest change first, then sweep entries; a user whose
     /// sync is running is left waiting until that sync ends.
-    pub fn next(&mut self) -> Option<String> {
+    pub fn take_next(&mut self) -> Option<String> {
         let user = self
             .waiting
             .iter()
@@ -108,10 +108,10 @@ mod tests {
         q.changed("bob@example.com", t0 + Duration::from_secs(3));
         assert_eq!(q.len(), 3);
         assert_eq!(q.lag_seconds(t0 + Duration::from_secs(11)), 10.0);
-        assert_eq!(q.next().as_deref(), Some("alice@example.com"));
-        assert_eq!(q.next().as_deref(), Some("bob@example.com"));
-        assert_eq!(q.next().as_deref(), Some("zed@example.com"));
-        assert_eq!(q.next(), None);
+        assert_eq!(q.take_next().as_deref(), Some("alice@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("bob@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("zed@example.com"));
+        assert_eq!(q.take_next(), None);
         // Running syncs still count until they end.
         assert_eq!(q.lag_seconds(t0 + Duration::from_secs(11)), 10.0);
         q.finished("alice@example.com", true);
@@ -127,11 +127,11 @@ mod tests {
         let t0 = Instant::now();
         let mut q = PeerQueue::default();
         q.changed("alice@example.com", t0);
-        assert_eq!(q.next().as_deref(), Some("alice@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("alice@example.com"));
         q.finished("alice@example.com", false);
         assert_eq!(q.len(), 1);
         assert_eq!(q.lag_seconds(t0 + Duration::from_secs(5)), 5.0);
-        assert_eq!(q.next().as_deref(), Some("alice@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("alice@example.com"));
     }
 
     #[test]
@@ -139,12 +139,12 @@ mod tests {
         let t0 = Instant::now();
         let mut q = PeerQueue::default();
         q.changed("alice@example.com", t0);
-        assert_eq!(q.next().as_deref(), Some("alice@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("alice@example.com"));
         q.changed("alice@example.com", t0 + Duration::from_secs(1));
-        assert_eq!(q.next(), None, "not twice at once");
+        assert_eq!(q.take_next(), None, "not twice at once");
         assert_eq!(q.len(), 1);
         q.finished("alice@example.com", true);
         assert_eq!(q.lag_seconds(t0 + Duration::from_secs(3)), 2.0);
-        assert_eq!(q.next().as_deref(), Some("alice@example.com"));
+        assert_eq!(q.take_next().as_deref(), Some("alice@example.com"));
     }
 }
