@@ -632,17 +632,20 @@ def apt_installed(text: str) -> set[str]:
 
 
 def test_mail_images_carry_the_daemons_the_tests_run():
-    deps = re.sub(r"\\\n", " ", (ROOT / "e2e" / "install-deps.sh").read_text())
-    tested = {w for w in re.search(r"apt-get install ([^>\n]+)", deps).group(1).split() if not w.startswith("-") and not w.startswith("$")}
+    recipe = (ROOT / "e2e" / "debian13-root.sh").read_text()
+    tested = set(re.search(r"^PACKAGES=\(([^)]*)\)", recipe, re.M).group(1).split())
+    assert re.search(r"^SUITE=trixie$", recipe, re.M)
     mta, imap = apt_installed(dockerfile("mail-mta")), apt_installed(dockerfile("mail-imap"))
-    assert {"postfix", "rspamd"} <= mta and {"postfix", "rspamd"} <= tested
-    assert {"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "restic"} <= imap & tested
+    assert {"postfix", "rspamd", "publicsuffix"} <= mta <= tested | {"openssl", "ca-certificates"}
+    assert {"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "restic"} <= imap <= tested
     assert "prometheus-postfix-exporter" in dockerfile("mail-mta")
     for name in ("mail-mta", "mail-imap"):
         text = dockerfile(name)
-        # The same Debian release as the CI machines the mail-path tests run on.
-        assert re.findall(r"^FROM (\S+)", text, re.M) == ["docker.io/library/debian:bookworm-slim"], name
+        # The Debian release of the root every daemon test runs in.
+        assert re.findall(r"^FROM (\S+)", text, re.M)[-1] == "docker.io/library/debian:trixie-slim", name
         assert "rm -rf /var/lib/apt/lists/*" in text and "--no-install-recommends" in text
+    # The replication agent the IMAP entrypoint runs is the operator's binary.
+    assert "COPY --from=postwarden /usr/local/bin/postwarden /usr/local/bin/postwarden" in dockerfile("mail-imap")
 
 
 def test_operator_image_runs_as_the_uid_the_chart_sets():

@@ -1,8 +1,8 @@
 """One `postwarden local up` stack for the whole session, started and stopped by the suite.
 
 Ports: --port-base 20000 (MAILPATH_PORT_BASE overrides), so SMTP is 20025, submission 20587,
-IMAPS 20993 and the second Dovecot's IMAPS 30993. Tests of Ed25519 DKIM signing get a second,
-smaller stack at port-base + 20000, started when the first of them runs. The stack's start-to-ready time and the
+IMAPS 20993, the second Dovecot's IMAPS 30993 and the third's 40993. Tests of Ed25519 DKIM
+signing get a second, smaller stack at port-base + 35000, started when the first of them runs. The stack's start-to-ready time and the
 suite's wall time are printed in the summary.
 """
 
@@ -112,8 +112,8 @@ def stack(sink):
 
 @pytest.fixture(scope="session")
 def ed25519_stack():
-    """A second stack (port base +20000) for a domain signing with Ed25519, with its own sink."""
-    base = PORT_BASE + 20000
+    """A second stack (port base +35000) for a domain signing with Ed25519, with its own sink."""
+    base = PORT_BASE + 35000
     with Sink(base + 1025) as sink, running_stack(Manifest.ed25519(), base, "ed25519 ") as s:
         s.sink = sink
         yield s

@@ -67,7 +67,7 @@ class Manifest:
             aliasDomains=[ALIAS_DOMAIN],
             hostname=HOSTNAME,
             mta={"replicas": 1},
-            imap={"replicas": 2},
+            imap={"replicas": 3},
             spam={"enabled": True, "addHeaderScore": 6, "rejectScore": 15},
         )
         self.passwords = dict(PASSWORDS)

@@ -1,7 +1,8 @@
-"""Dovecot: no password in cleartext, and two instances that replicate each other."""
+"""Dovecot: no password in cleartext, and three instances that replicate each other."""
 
 import base64
 import imaplib
+import re
 import time
 
 import pytest
@@ -52,40 +53,72 @@ def test_plaintext_login_is_refused_before_starttls(stack, tls):
         assert typ == "OK"
 
 
-# Replication normally takes well under a second (printed below). Dovecot 2.3's dsync over tcps
-# now and then stalls with both ends waiting; the replicator gives such a sync up after 30 s
-# (`-T 30`, config::replication) and runs it again, which this allows for.
+# Replication normally takes well under a second (printed below). A dsync that stalls is given up
+# by the agent after 30 s of silence (`-T 30`, replicate::sync) and run again, which this allows for.
 REPLICATION_TIMEOUT = 75
 
-def test_replication_between_the_two_dovecot_instances(stack, tls):
+def test_replication_among_the_three_dovecot_instances(stack, tls):
+    """An append on instance 0 reaches 1 and 2; a flag set on 2 reaches 0 and 1."""
     mid, raw = raw_message(ALICE, ALICE, "replicated", b"written on instance 0\r\n")
-    with IMAPS(stack.port(993, 0), tls) as first, IMAPS(stack.port(993, 1), tls) as second:
-        first.login(ALICE, PASSWORDS["alice"])
-        second.login(ALICE, PASSWORDS["alice"])
-        typ, _ = first.append("INBOX", None, None, raw)
+    sessions = [IMAPS(stack.port(993, i), tls) for i in range(3)]
+    try:
+        for s in sessions:
+            s.login(ALICE, PASSWORDS["alice"])
+        typ, _ = sessions[0].append("INBOX", None, None, raw)
         assert typ == "OK"
-
         started = time.monotonic()
 
-        def on_second():
-            second.select("INBOX")
-            return find_uid(second, mid)
+        def uid_on(i):
+            def look():
+                sessions[i].select("INBOX")
+                return find_uid(sessions[i], mid)
+            return look
 
-        uid_second = wait_for(on_second, "the append replicating to instance 1", timeout=REPLICATION_TIMEOUT)
-        print(f"append replicated 0 -> 1 in {time.monotonic() - started:.2f} s")
-        typ, _ = second.uid("STORE", uid_second, "+FLAGS", r"(\Flagged)")
+        uids = {}
+        for i in (1, 2):
+            uids[i] = wait_for(uid_on(i), f"the append replicating to instance {i}", timeout=REPLICATION_TIMEOUT)
+            print(f"append replicated 0 -> {i} in {time.monotonic() - started:.2f} s")
+        typ, _ = sessions[2].uid("STORE", uids[2], "+FLAGS", r"(\Flagged)")
         assert typ == "OK"
-
         started = time.monotonic()
 
-        def flagged_on_first():
-            first.select("INBOX")
-            uid = find_uid(first, mid)
-            typ, data = first.uid("FETCH", uid, "(FLAGS)")
-            return typ == "OK" and b"\\Flagged" in data[0]
+        def flagged_on(i):
+            def look():
+                uid = uid_on(i)()
+                if not uid:
+                    return False
+                typ, data = sessions[i].uid("FETCH", uid, "(FLAGS)")
+                return typ == "OK" and b"\\Flagged" in data[0]
+            return look
 
-        wait_for(flagged_on_first, "the flag syncing back to instance 0", timeout=REPLICATION_TIMEOUT)
-        print(f"flag replicated 1 -> 0 in {time.monotonic() - started:.2f} s")
+        for i in (0, 1):
+            wait_for(flagged_on(i), f"the flag syncing from instance 2 to {i}", timeout=REPLICATION_TIMEOUT)
+            print(f"flag replicated 2 -> {i} in {time.monotonic() - started:.2f} s")
+    finally:
+        for s in sessions:
+            try:
+                s.logout()
+            except Exception:
+                pass
+
+
+def test_replication_agents_report_no_lag_and_no_failures(stack):
+    """Each agent's metrics (port-base + 901 + 10000 per instance): a series per peer, no lag
+    once idle, no failed sync."""
+    import urllib.request
+
+    for i in range(3):
+        def idle():
+            with urllib.request.urlopen(f"http://127.0.0.1:{stack.port(901, i)}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            lags = re.findall(r'^postwarden_replication_lag_seconds\{peer="(imap-\d)"\} (\S+)$', text, re.M)
+            return text if len(lags) == 2 and all(float(v) == 0 for _, v in lags) else None
+
+        text = wait_for(idle, f"agent {i} idle", timeout=REPLICATION_TIMEOUT)
+        peers = {p for p in re.findall(r'peer="(imap-\d)"', text)}
+        assert peers == {f"imap-{o}" for o in range(3) if o != i}, text
+        assert 'result="failed"' not in text, text
+        assert re.search(r'^postwarden_replication_syncs_total\{peer="imap-\d",result="ok"\} [1-9]', text, re.M), text
 
 
 def test_wrong_password_is_refused_over_imaps(stack, tls):
