@@ -9,8 +9,11 @@
 //! changes made while a peer was unreachable or the agent was down are caught up. Deliveries never
 //! wait for a peer.
 //!
-//! Topology: each-to-each. Every instance pushes its own changes to every peer, so a change
-//! reaches all replicas in one hop, and a replica that is down or cut off delays nobody else.
+//! Topology: each-to-each, one hop. Each pair of instances is synced by one side only, the lower
+//! ordinal, because two dsyncs of one user running against each other from both ends both
+//! report success and may lose or double a change (measured with Dovecot 2.4.1). The other side
+//! tells the syncing side's agent which users changed (`POST /changed/<its name>`), and each agent
+//! runs one sync per user at a time. A replica that is down or cut off delays nobody else.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,7 +25,7 @@ use crate::api::maildomain::MailDomain;
 use super::{ImapInstance, Layout};
 
 /// How often every user is synced with every peer even without a change event.
-pub const SWEEP_INTERVAL_SECONDS: u64 = 3600;
+pub const SWEEP_INTERVAL_SECONDS: u64 = 900;
 
 /// IMAP commands that never change a mailbox: no sync after them. Anything else (STORE, APPEND,
 /// COPY, MOVE, EXPUNGE, CREATE, DELETE, RENAME, a FETCH that sets \Seen, ...) marks the user.
@@ -60,6 +63,8 @@ pub fn agent_file_name(ordinal: usize) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
+    /// This instance's name among its peers (`imap-<ordinal>`).
+    pub name: String,
     /// The instance's Dovecot configuration, for `doveadm -c`.
     pub dovecot_config: PathBuf,
     /// The unix socket Dovecot's event exporter connects to.
@@ -77,8 +82,13 @@ pub struct AgentConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
     pub name: String,
-    /// `tcps:HOST:PORT`.
+    /// The peer's doveadm server, `tcps:HOST:PORT`.
     pub endpoint: String,
+    /// The peer's agent, `HOST:PORT`.
+    pub agent: String,
+    /// True when this instance runs the syncs of the pair; otherwise it reports its changed
+    /// users to the peer's agent.
+    pub syncs: bool,
 }
 
 /// The agent configuration of every instance (empty with a single instance).
@@ -105,6 +115,7 @@ pub fn agent_config(layout: &Layout, inst: &ImapInstance) -> AgentConfig {
         layout.listen.as_str()
     };
     AgentConfig {
+        name: instance_name(inst.ordinal),
         dovecot_config: layout
             .config_dir()
             .join(super::dovecot::instance_file_name(inst.ordinal)),
@@ -114,13 +125,22 @@ pub fn agent_config(layout: &Layout, inst: &ImapInstance) -> AgentConfig {
             .peers
             .iter()
             .map(|(ordinal, host, port)| Peer {
-                name: format!("imap-{ordinal}"),
+                name: instance_name(*ordinal),
                 endpoint: super::dovecot::doveadm_endpoint(host, *port),
+                agent: format!(
+                    "{host}:{}",
+                    layout.imap_instance(*ordinal).ports.replication_metrics
+                ),
+                syncs: inst.ordinal < *ordinal,
             })
             .collect(),
         metrics_listen: format!("{listen}:{}", inst.ports.replication_metrics),
         sweep_interval_seconds: SWEEP_INTERVAL_SECONDS,
     }
+}
+
+fn instance_name(ordinal: usize) -> String {
+    format!("imap-{ordinal}")
 }
 
 fn events_socket(inst: &ImapInstance) -> PathBuf {

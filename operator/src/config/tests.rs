@@ -272,7 +272,9 @@ fn dovecot_enforces_tls_and_reads_secrets_from_files() {
         agent.peers,
         [replication::Peer {
             name: "imap-0".into(),
-            endpoint: "tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346".into()
+            endpoint: "tcps:example-com-imap-0.example-com-imap-hl.mail.svc:12346".into(),
+            agent: "example-com-imap-0.example-com-imap-hl.mail.svc:9901".into(),
+            syncs: false,
         }]
     );
     assert_eq!(agent.metrics_listen, "0.0.0.0:9901");
@@ -294,6 +296,11 @@ fn every_replica_replicates_with_every_other() {
             .map(|o| format!("imap-{o}"))
             .collect();
         assert_eq!(peers, expected);
+        // One side of each pair syncs: the lower ordinal.
+        for peer in &agent.peers {
+            let other: usize = peer.name.trim_start_matches("imap-").parse().unwrap();
+            assert_eq!(peer.syncs, ordinal < other, "{ordinal} with {other}");
+        }
         assert_eq!(
             agent.dovecot_config,
             std::path::Path::new(&format!(

@@ -39,10 +39,15 @@ impl PeerQueue {
     /// Takes the next user to sync: the oldest change first, then sweep entries; a user whose
     /// sync is running is left waiting until that sync ends.
     pub fn take_next(&mut self) -> Option<String> {
+        self.take_next_where(|_| true)
+    }
+
+    /// [`Self::take_next`] among the users `eligible` accepts.
+    pub fn take_next_where(&mut self, eligible: impl Fn(&str) -> bool) -> Option<String> {
         let user = self
             .waiting
             .iter()
-            .filter(|(u, _)| !self.running.contains_key(*u))
+            .filter(|(u, _)| !self.running.contains_key(*u) && eligible(u))
             .min_by_key(|(u, p)| (p.since.is_none(), p.since, (*u).clone()))
             .map(|(u, _)| u.clone())?;
         let pending = self.waiting.remove(&user)?;
