@@ -418,11 +418,9 @@ pub fn users(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Dovecot's internal group, which its stats process (the event exporter) runs as.
 fn dovecot_group() -> Option<u32> {
-    let name = std::ffi::CString::new(crate::config::dovecot_auth::USER).ok()?;
-    // SAFETY: getgrnam reads a NUL-terminated name; the result is read before any other call.
-    let group = unsafe { libc::getgrnam(name.as_ptr()) };
-    // SAFETY: non-null pointer to a valid `struct group`.
-    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
+    crate::runtime::Runtime::Host
+        .group_id(crate::config::dovecot_auth::USER)
+        .ok()
 }
 
 async fn metrics_server(
