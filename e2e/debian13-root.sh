@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 SUITE=trixie
 MIRROR="${POSTWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# What the mail images install (images/mail-*/Dockerfile), plus the stock stack of the benchmark.
+# What the mail images install (images/mail-*/Dockerfile), plus the stock stack of the benchmark;
+# like the mail-mta image, only the binary of prometheus-postfix-exporter (a hook below).
 PACKAGES=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve rspamd restic
   publicsuffix opendkim opendkim-tools openssl ca-certificates iproute2 procps
@@ -36,6 +37,7 @@ build() {
   # theirs from the rendered files.
   mmdebstrap --quiet --variant=apt --include="$(IFS=,; echo "${PACKAGES[*]}")" \
     --essential-hook='printf "postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string localhost\n" | chroot "$1" debconf-set-selections' \
+    --customize-hook='chroot "$1" sh -c "cd /tmp && apt-get download -qq prometheus-postfix-exporter && dpkg-deb --fsys-tarfile prometheus-postfix-exporter_*.deb | tar -x -C / ./usr/bin/prometheus-postfix-exporter && rm -f prometheus-postfix-exporter_*.deb"' \
     --customize-hook='chroot "$1" apt-get clean' \
     "$SUITE" "$tmp" \
     "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $SUITE main" >&2

@@ -245,6 +245,10 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         ("imaps", tls(&imap_work, 993)),
         ("lmtp", banner(24, "220")),
         ("dovecot-metrics", metrics(9900, "dovecot_")),
+        (
+            "replication-metrics",
+            metrics(9901, "postwarden_replication_events_total"),
+        ),
         ("doveadm auth test", format!("{doveadm} auth test {alice}")),
         ("doveadm user", format!("{doveadm} user alice@example.com")),
         (
@@ -278,7 +282,7 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         (
             "example-com-imap",
             &imap_work,
-            vec![24, 143, 993, 9900, 12346],
+            vec![24, 143, 993, 9900, 9901, 12346],
             &imap_checks[..],
         ),
     ];

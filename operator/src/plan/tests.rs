@@ -623,7 +623,8 @@ fn mounts_follow_the_layout_and_refresh_in_place() {
     assert_eq!(auth["users"], (path(layout.users_dir()), true));
     assert_eq!(auth["config"], (path(layout.config_dir()), true));
     assert_eq!(auth["auth-run"], (path(layout.auth_run_dir()), false));
-    assert_eq!(auth.len(), 3, "no TLS, maps, queue or DKIM: {auth:?}");
+    assert_eq!(auth["auth-tmp"], ("/tmp".to_string(), false));
+    assert_eq!(auth.len(), 4, "no TLS, maps, queue or DKIM: {auth:?}");
     for other in ["postfix", "rspamd", "postfix-exporter"] {
         assert!(!mounts(&c.stateful_sets[0], other).contains_key("users"));
     }

@@ -188,6 +188,8 @@ pub fn build(
             pod::mount("config", &config_dir, true),
             pod::mount("users", layout.users_dir(), true),
             pod::mount("auth-run", layout.auth_run_dir(), false),
+            // Dovecot 2.4 writes its parsed configuration to /tmp before reading it.
+            pod::mount("auth-tmp", "/tmp", false),
         ]),
         ..Container::default()
     };
@@ -206,6 +208,7 @@ pub fn build(
         pod::empty_dir("rspamd-tmp", "2Gi"),
         // The auth sidecar's base and state directories (sockets, pid file).
         pod::empty_dir("auth-run", "16Mi"),
+        pod::empty_dir("auth-tmp", "16Mi"),
     ];
 
     stateful_set::build(

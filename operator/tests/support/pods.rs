@@ -22,16 +22,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub struct HostIds(pub BTreeMap<i64, (String, String)>);
 
 impl HostIds {
-    /// `image id -> user name` for the image users whose host ids differ.
+    /// `image id -> user name` for the image users whose ids differ in the containers' root
+    /// filesystem ([`rootfs`]).
     pub fn from_names(names: &[(i64, &str)]) -> Self {
         let lookup = |db: &str, name: &str| {
-            let out = Command::new("getent").args([db, name]).output().unwrap();
-            assert!(out.status.success(), "no {db} entry {name} on this machine");
-            String::from_utf8(out.stdout)
+            let file = rootfs().join("etc").join(db);
+            std::fs::read_to_string(&file)
                 .unwrap()
-                .split(':')
-                .nth(2)
-                .unwrap()
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f[0] == name)
+                .unwrap_or_else(|| panic!("no {db} entry {name} in {}", file.display()))[2]
                 .to_string()
         };
         Self(
@@ -46,6 +47,15 @@ impl HostIds {
     }
     fn gid(&self, id: i64) -> String {
         self.0.get(&id).map_or(id.to_string(), |(_, g)| g.clone())
+    }
+}
+
+/// The filesystem the containers run on, read-only: the Debian root of `POSTWARDEN_ROOT` (the
+/// images' release), else this machine's `/`.
+pub fn rootfs() -> PathBuf {
+    match std::env::var_os("POSTWARDEN_ROOT") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from("/"),
     }
 }
 
@@ -83,8 +93,10 @@ pub fn pod_script(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "set -eu\nW={}\nFSG={fs_group}\nexport HOSTNAME={name}-0",
-        work.display()
+        "set -eu\nW={}\nFSG={fs_group}\nROOTFS={}\nAGENT_DIR={}\nexport HOSTNAME={name}-0",
+        work.display(),
+        rootfs().display(),
+        agent_dir().display()
     );
     s.push_str(PRELUDE);
 
@@ -185,6 +197,14 @@ pub fn exec_in(sts: &StatefulSet, container: &str, ids: &HostIds) -> String {
     format!("run {container} {}", who.join(" "))
 }
 
+/// The directory of the postwarden binary cargo built for these tests.
+fn agent_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_postwarden"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 /// Runs `script` in fresh mount, network and pid namespaces.
 pub fn run(script: &str, work: &Path) -> Output {
     let path = work.join("pod.sh");
@@ -210,8 +230,8 @@ pub fn run(script: &str, work: &Path) -> Output {
 /// - `volume NAME KIND MODE`: a tmpfs with the staged files: KIND `config`/`secret` (files of
 ///   MODE, read-only, directory group fsGroup), `empty` (0777, group fsGroup, setgid, like an
 ///   emptyDir), `claim` (a fresh volume: root-owned, group fsGroup, 2775).
-/// - `root C`: container C's root: this machine's root filesystem, read-only, with /dev,
-///   /proc and /sys.
+/// - `root C`: container C's root: [`rootfs`], read-only, with /dev, /proc and /sys, and this
+///   build's `postwarden` in /usr/local/bin as in the mail-imap image.
 /// - `bind C VOLUME PATH ro|rw`: mounts the volume at PATH in C's root. A missing PATH is
 ///   created through an overlay on its nearest existing ancestor, sealed read-only afterwards.
 /// - `seal C`: makes C's overlays read-only.
@@ -235,9 +255,11 @@ volume() {
 }
 root() {
   r="$W/root-$1"; mkdir -p "$r"
-  mount --bind / "$r"
+  mount --bind "$ROOTFS" "$r"
   mount -o remount,bind,ro "$r"
   for d in dev proc sys; do mount --rbind "/$d" "$r/$d"; done
+  # The postwarden binary where the mail-imap image has it (the replication agent).
+  mount --bind "$AGENT_DIR" "$r/usr/local/bin"
 }
 bind() {
   r="$W/root-$1"; target="$r$3"
@@ -248,7 +270,7 @@ bind() {
     # Below an overlay made for an earlier mount the ancestor is writable already.
     if ! mkdir "$target" 2>/dev/null && [ ! -d "$o" ]; then
       mkdir -p "$o/u" "$o/w"
-      mount -t overlay overlay -o "lowerdir=$a,upperdir=$o/u,workdir=$o/w" "$r$a"
+      mount -t overlay overlay -o "lowerdir=$ROOTFS$a,upperdir=$o/u,workdir=$o/w" "$r$a"
       echo "$r$a" >> "$W/ovl/$1.list"
     fi
     mkdir -p "$target"
