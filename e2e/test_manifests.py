@@ -555,7 +555,7 @@ def test_monitors_scrape_the_operator_and_every_mail_exporter():
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (pm,) = by_kind(objs, "PodMonitor")
-    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["dovecot-metrics", "replication-metrics", "rspamd-metrics", "postfix-metrics"]
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["dovecot-metrics", "repl-metrics", "rspamd-metrics", "postfix-metrics"]
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     (pm_ns,) = by_kind(objects(SCENARIOS["single-namespace"]), "PodMonitor")
     assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["mail"]}

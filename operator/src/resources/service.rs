@@ -110,7 +110,7 @@ pub fn imap_metrics_ports(layout: &Layout) -> Vec<NamedPort> {
     }];
     if crate::config::replication::enabled(layout) {
         ports.push(NamedPort {
-            name: "replication-metrics",
+            name: "repl-metrics",
             port: p.replication_metrics,
         });
     }
@@ -257,6 +257,17 @@ mod tests {
             port_numbers(&build_imap_headless(&domain)),
             [24, 12346, 9900, 9901]
         );
+        // Kubernetes refuses port names longer than 15 characters (IANA service names).
+        for sts in [
+            build_imap_headless(&domain),
+            build_mta(&domain),
+            build_imap(&domain),
+        ] {
+            for p in sts.spec.unwrap().ports.unwrap() {
+                let name = p.name.unwrap_or_default();
+                assert!(name.len() <= 15, "port name {name} is too long");
+            }
+        }
     }
 
     #[test]
