@@ -588,9 +588,14 @@ fn smtp_dialogue(port: u16, commands: &[&str]) -> Vec<String> {
 
 /// A milter that accepts everything: it negotiates away every callback, so Postfix sends only
 /// macros (no reply) and, at the end of a message, expects one "accept".
-fn accept_all_milter(port: u16) {
+fn accept_all_milter(socket: &Path) {
     use std::io::{Read, Write as _};
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("milter port");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(socket.parent().expect("socket directory")).expect("mkdir");
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("milter socket");
+    // Postfix's smtpd runs as the postfix user, as Rspamd's socket allows.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -636,7 +641,7 @@ fn postfix_refuses_relay_and_unknown_recipients_and_reloads_changed_maps() {
     let log = layout.root.join("mta-entrypoint.log");
     let entry = Entrypoint::start(&layout, &config.join(scripts::MTA_ENTRYPOINT), &[], &log);
     let ports = layout.ports.clone();
-    accept_all_milter(ports.milter);
+    accept_all_milter(&layout.milter_socket());
     wait_for_port(ports.smtp, "Postfix", &log);
     wait_for_port(ports.submission, "Postfix submission", &log);
 

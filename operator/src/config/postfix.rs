@@ -152,6 +152,14 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     // Service names resolve through the pod's resolver (search domains), not raw DNS queries.
     kv(&mut s, "lmtp_host_lookup", "native");
     kv(&mut s, "lmtp_destination_concurrency_limit", "10");
+    // Many deliveries per TLS connection to Dovecot (tlsproxy keeps it, scache holds it between
+    // deliveries) instead of a handshake each; a burst for one user also stays on one replica.
+    kv(&mut s, "lmtp_tls_connection_reuse", "yes");
+    kv(
+        &mut s,
+        "lmtp_connection_cache_destinations",
+        &layout.imap_service_host,
+    );
     if let Some(relay) = &layout.relayhost {
         kv(&mut s, "relayhost", relay);
         kv(&mut s, "smtp_host_lookup", "native");
@@ -287,7 +295,7 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
         &mut s,
         "Rspamd milter: inbound scanning, outbound DKIM signing",
     );
-    let milter = format!("inet:{}:{}", layout.milter_host, ports.milter);
+    let milter = format!("unix:{}", layout.milter_socket().display());
     kv(&mut s, "smtpd_milters", &milter);
     kv(&mut s, "non_smtpd_milters", &milter);
     kv(&mut s, "milter_protocol", "6");

@@ -29,7 +29,9 @@ pub const SWEEP_INTERVAL_SECONDS: u64 = 900;
 
 /// IMAP commands that never change a mailbox: no sync after them. Anything else (STORE, APPEND,
 /// COPY, MOVE, EXPUNGE, CREATE, DELETE, RENAME, a FETCH that sets \Seen, ...) marks the user.
+/// SELECT only resets \Recent, which dsync does not carry.
 const READ_ONLY_IMAP_COMMANDS: &[&str] = &[
+    "SELECT",
     "CAPABILITY",
     "NOOP",
     "IDLE",
@@ -48,6 +50,11 @@ const READ_ONLY_IMAP_COMMANDS: &[&str] = &[
     "GETMETADATA",
     "CHECK",
 ];
+
+/// A FETCH changes nothing unless it reads a body without PEEK (which sets \Seen): the
+/// arguments name no `BODY[`, `BINARY[` or `RFC822` item. Clients fetch far more often than
+/// they change anything; a sync per poll would cost a dsync run each.
+const READ_ONLY_FETCH: &str = r#"((cmd_name="FETCH" OR cmd_name="UID FETCH") AND NOT (cmd_args="*BODY[*" OR cmd_args="*BINARY[*" OR cmd_args="*RFC822*"))"#;
 
 /// True when the domain has more than one Dovecot instance to replicate.
 pub fn enabled(layout: &Layout) -> bool {
@@ -155,6 +162,7 @@ pub fn dovecot_instance(_layout: &Layout, inst: &ImapInstance) -> String {
     let read_only: Vec<String> = READ_ONLY_IMAP_COMMANDS
         .iter()
         .map(|c| format!("cmd_name=\"{c}\""))
+        .chain([READ_ONLY_FETCH.to_string()])
         .collect();
     format!(
         r#"

@@ -131,7 +131,7 @@ logging {{
 
 # The milter Postfix talks to; scans in-process (self_scan), no separate normal worker.
 worker "rspamd_proxy" {{
-  bind_socket = "{milter_host}:{milter}";
+  bind_socket = "{milter} mode=0666";
   milter = yes;
   timeout = 120s;
   count = 1;
@@ -162,8 +162,7 @@ worker "controller" {{
         config = layout.config_dir().display(),
         top = RSPAMD_CONF,
         modules = RSPAMD_MODULES_CONF,
-        milter_host = layout.milter_host,
-        milter = ports.milter,
+        milter = layout.milter_socket().display(),
         controller = controller_bind,
         disabled = PRIVILEGED_COMMANDS_DISABLED,
     );

@@ -144,8 +144,14 @@ fn postfix_is_no_open_relay_and_submission_needs_tls_and_auth() {
     assert_eq!(v("virtual_mailbox_maps"), mailbox_maps.join(", "));
     assert_eq!(v("smtpd_reject_unlisted_recipient"), "yes");
     assert_eq!(v("message_size_limit"), (25 * 1024 * 1024).to_string());
-    assert_eq!(v("smtpd_milters"), "inet:127.0.0.1:11332");
-    assert_eq!(v("non_smtpd_milters"), "inet:127.0.0.1:11332");
+    assert_eq!(
+        v("smtpd_milters"),
+        "unix:/run/postwarden/rspamd/milter.sock"
+    );
+    assert_eq!(
+        v("non_smtpd_milters"),
+        "unix:/run/postwarden/rspamd/milter.sock"
+    );
     assert_eq!(v("milter_default_action"), "tempfail");
     assert_eq!(v("maillog_file"), "/dev/stdout");
     assert_eq!(v("smtp_tls_security_level"), "dane");
@@ -340,7 +346,7 @@ fn local_layout_instances_get_their_own_dirs_and_ports() {
     assert!(agents[&replication::agent_file_name(1)].contains("\"tcps:127.0.0.1:21346\""));
     assert!(zero.contains("log_path = /srv/pw/var/log/dovecot-0.log\n"));
     let ports: Vec<u16> = layout.listen_ports().iter().map(|(p, _)| *p).collect();
-    assert!(ports.contains(&20025) && ports.contains(&31346) && ports.contains(&21332));
+    assert!(ports.contains(&20025) && ports.contains(&31346) && ports.contains(&21334));
     let main = &postfix::render(&md, &layout)[postfix::MAIN_CF];
     assert_eq!(
         main_cf_value(main, "relayhost").unwrap(),
@@ -376,7 +382,7 @@ fn rspamd_thresholds_dkim_paths_and_spam_switch() {
     }
     assert!(!modules.contains("want_spam"));
     let top = &files[rspamd::RSPAMD_CONF];
-    assert!(top.contains("bind_socket = \"127.0.0.1:11332\";"));
+    assert!(top.contains("bind_socket = \"/run/postwarden/rspamd/milter.sock mode=0666\";"));
     assert!(top.contains("bind_socket = \"*:11334\";"));
     // No password in a ConfigMap: read-only commands need none, and the privileged ones are
     // locked by a value that is not a password at all (its salt is not base32, which Rspamd

@@ -294,7 +294,6 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
         ("smtp".to_string(), p.smtp),
         ("submission".to_string(), p.submission),
         ("submissions".to_string(), p.submissions),
-        ("rspamd-milter".to_string(), p.milter),
         ("rspamd-controller".to_string(), p.rspamd_controller),
         ("auth".to_string(), p.auth),
     ];
@@ -348,7 +347,7 @@ fn daemon_specs(layout: &Layout, runtime: &Runtime, replicas: usize) -> anyhow::
         name: "rspamd".into(),
         program: sh.to_path_buf(),
         args: vec![config.join(scripts::RSPAMD_ENTRYPOINT).into()],
-        ports: vec![p.milter, p.rspamd_controller],
+        ports: vec![p.rspamd_controller],
         env: env(&[]),
         log: console("rspamd"),
         main_pid_file: None,

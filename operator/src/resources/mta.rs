@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Container;
 
 use super::pod::{self, caps, DefaultResources, RunAs};
-use super::service::{self, NamedPort};
+use super::service;
 use super::stateful_set::{self, Shape};
 use super::{ids, Domain};
 use crate::config::{dovecot_auth, scripts};
@@ -119,16 +119,12 @@ pub fn build(
         ..Container::default()
     };
 
-    let milter = NamedPort {
-        name: "milter",
-        port: layout.ports.milter,
-    };
     let metrics = service::rspamd_metrics_port(&layout.ports);
     let rspamd = Container {
         name: RSPAMD_CONTAINER.into(),
         image: Some(image.into()),
         command: Some(entry(scripts::RSPAMD_ENTRYPOINT)),
-        ports: Some(pod::container_ports(&[milter, metrics])),
+        ports: Some(pod::container_ports(&[metrics])),
         resources: Some(pod::resources(None, RSPAMD_RESOURCES)),
         // Rspamd listens above 1024 and needs no privilege at all.
         security_context: Some(pod::security_context(RunAs::User(ids::RSPAMD), &[])),

@@ -19,8 +19,8 @@ use crate::names::Component;
 pub const METRICS_SCRAPER_LABEL: &str = "postwarden.dev/metrics-scraper";
 
 /// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; the queue exporter's and
-/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter and the auth
-/// sidecar listen on loopback only and get no rule.
+/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter (a UNIX socket)
+/// and the auth sidecar (loopback) are out of the network's reach and get no rule.
 pub fn build_mta(domain: &Domain) -> NetworkPolicy {
     let ports = domain.layout().ports;
     policy(
