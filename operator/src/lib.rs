@@ -21,4 +21,6 @@ pub mod replicate;
 pub mod resources;
 pub mod runtime;
 pub mod strict;
+#[cfg(test)]
+mod test_support;
 pub mod userdb;

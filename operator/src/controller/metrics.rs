@@ -386,7 +386,6 @@ impl Drop for ReconcileTimer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -492,14 +491,6 @@ mod tests {
         assert!(text.contains(r#"maildomain="other-org""#));
     }
 
-    /// Sample names of the exposition, e.g. `postwarden_reconciles_total`.
-    fn sample_names(text: &str) -> BTreeSet<String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
-            .collect()
-    }
-
     #[test]
     fn exported_names_are_the_ones_the_chart_may_query() {
         let m = Metrics::new();
@@ -519,13 +510,10 @@ mod tests {
                 last_bytes: None,
             },
         );
-        let exported = sample_names(&m.encode());
-        let listed: BTreeSet<String> = include_str!("../../../charts/postwarden/metrics.txt")
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
-        assert_eq!(exported, listed, "update charts/postwarden/metrics.txt");
+        crate::test_support::assert_exports_exactly(
+            &m.encode(),
+            include_str!("../../../charts/postwarden/metrics.txt"),
+            "metrics.txt",
+        );
     }
 }

@@ -96,7 +96,6 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     #[test]
     fn exported_names_are_the_ones_the_chart_may_query() {
@@ -115,20 +114,10 @@ mod tests {
             .inc();
         m.events.inc();
         let text = m.encode();
-        let exported: BTreeSet<String> = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
-            .collect();
-        let listed: BTreeSet<String> = include_str!("../../../charts/postwarden/metrics-agent.txt")
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
-        assert_eq!(
-            exported, listed,
-            "update charts/postwarden/metrics-agent.txt"
+        crate::test_support::assert_exports_exactly(
+            &text,
+            include_str!("../../../charts/postwarden/metrics-agent.txt"),
+            "metrics-agent.txt",
         );
         assert!(
             text.contains("postwarden_replication_lag_seconds{peer=\"imap-1\"} 1.5"),
