@@ -197,7 +197,8 @@ def summarize(results):
             "median_msgs_per_s": med([r["msgs_per_s"] for r in rounds]),
             "visible_ms_p50": med([r["visible_ms"]["p50"] for r in rounds]),
             "visible_ms_p99": med([r["visible_ms"]["p99"] for r in rounds]),
-            "lost": sum(r["missing"] + r["refused"] for r in rounds),
+            "refused": sum(r["refused"] for r in rounds),
+            "unreadable": sum(r["missing"] for r in rounds),
             "cpu_ms_per_msg": {k: med([r["cpu_ms_per_msg"][k] for r in rounds]) for k in rounds[0]["cpu_ms_per_msg"]},
         }
         if "lag_ms" in rounds[0]:
@@ -215,7 +216,7 @@ def report(summary, args):
         cpu = ", ".join(f"{k} {v}" for k, v in sorted(s["cpu_ms_per_msg"].items(), key=lambda kv: -(kv[1] or 0)))
         lines.append(f"{name}: median {s['median_msgs_per_s']} msg/s (rounds {s['msgs_per_s']}), "
                      f"readable after p50 {s['visible_ms_p50']} ms / p99 {s['visible_ms_p99']} ms, "
-                     f"accepted but not readable within the timeout, or refused: {s['lost']}")
+                     f"refused {s['refused']}, accepted but not readable within the timeout {s['unreadable']}")
         if "replication_lag_ms_p50" in s:
             lines.append(f"  replication lag p50 {s['replication_lag_ms_p50']} ms, p99 {s['replication_lag_ms_p99']} ms")
         lines.append(f"  CPU ms per message: {cpu}")

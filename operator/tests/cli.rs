@@ -276,7 +276,7 @@ fn rendered_pods_run_their_daemons_with_only_their_capabilities_on_a_read_only_r
         (
             "example-com-mta",
             &mta_work,
-            vec![25, 465, 587, 9154, 11332, 11334, 12345],
+            vec![25, 465, 587, 9154, 11334, 12345],
             &mta_checks[..],
         ),
         (
