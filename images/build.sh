@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 registry="${REGISTRY:-ghcr.io/postwarden}"
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
 docker build -f images/operator/Dockerfile -t "$registry/postwarden:$version" .
-docker build -t "$registry/mail-mta:$version" images/mail-mta
+docker build --build-arg "POSTWARDEN_IMAGE=$registry/postwarden:$version" \
+  -t "$registry/mail-mta:$version" images/mail-mta
 docker build --build-arg "POSTWARDEN_IMAGE=$registry/postwarden:$version" \
   -t "$registry/mail-imap:$version" images/mail-imap

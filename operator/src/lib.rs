@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backup;
 pub mod config;
+pub mod continuity;
 pub mod controller;
 pub mod crd;
 pub mod dkim;

@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Relay to a hosted provider and switch the emergency inboxes on while it is down (the
+    /// continuity agent the MTA entrypoint runs beside Postfix).
+    Continuity {
+        /// The agent configuration (continuity.json in the MTA ConfigMap).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -152,6 +159,7 @@ fn main() -> ExitCode {
             rotate_certificate,
         }),
         Command::Replicate { config } => postwarden::replicate::run(&config),
+        Command::Continuity { config } => postwarden::continuity::run(&config),
         Command::Version => {
             println!("postwarden {}", env!("CARGO_PKG_VERSION"));
             Ok(())

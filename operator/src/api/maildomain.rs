@@ -9,6 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::continuity::ContinuitySpec;
+
 /// Lowercase DNS name (RFC 1123 subdomain, at least two labels).
 pub const DNS_NAME_PATTERN: &str =
     r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
@@ -36,6 +38,8 @@ pub const DNS_NAME_PATTERN: &str =
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters so the names of its StatefulSets, Services and Secrets stay within Kubernetes limits")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.continuity) || !has(self.region) || !has(self.region.role) || self.region.role == 'Primary'").message("continuity relays to the provider itself: it cannot be combined with region.role Secondary"))]
+#[x_kube(validation = Rule::new("!has(self.continuity) || self.continuity.upstream.hosts.all(h, h != self.domain && h != (has(self.hostname) ? self.hostname : 'mail.' + self.domain) && !(has(self.aliasDomains) && h in self.aliasDomains))").message("continuity.upstream.hosts must name the provider, not this domain or its own mail host"))]
 pub struct MailDomainSpec {
     /// The email domain served, e.g. `example.com`: a lowercase DNS name. Immutable once set,
     /// because every address, DKIM key and certificate hangs off it.
@@ -97,6 +101,12 @@ pub struct MailDomainSpec {
     /// DNS publishing options.
     #[serde(default)]
     pub dns: DnsSpec,
+
+    /// Continuity for a hosted mail provider: this stack is the domain's secondary MX, relays
+    /// to the provider and keeps mail readable here while the provider is down. Without it the
+    /// stack is the domain's mail server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuity: Option<ContinuitySpec>,
 }
 
 /// Postfix MTA settings.

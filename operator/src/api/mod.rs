@@ -5,6 +5,7 @@
 //! beyond what a schema can say, shared by `postwarden render` and the reconcilers.
 
 pub mod conditions;
+pub mod continuity;
 pub mod mailbox;
 pub mod maildomain;
 pub mod quantity;

@@ -11,6 +11,7 @@ use once_cell::sync::Lazy;
 use regex::Regex;
 
 use super::mailbox::{MailboxSpec, LOCAL_PART_PATTERN};
+use super::continuity::ContinuitySpec;
 use super::maildomain::{MailDomainSpec, DNS_NAME_PATTERN};
 use super::quantity;
 
@@ -43,6 +44,11 @@ static DNS_NAME: Lazy<Regex> = Lazy::new(|| Regex::new(DNS_NAME_PATTERN).expect(
 static LOCAL_PART: Lazy<Regex> = Lazy::new(|| Regex::new(LOCAL_PART_PATTERN).expect("valid regex"));
 static EMAIL: Lazy<Regex> =
     Lazy::new(|| Regex::new(r"^[^@\s]+@[^@\s]+\.[^@\s]+$").expect("valid regex"));
+/// A host name of one or more labels (`localhost`, `mx1.provider.example`).
+static UPSTREAM_HOST: Lazy<Regex> = Lazy::new(|| {
+    Regex::new(r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+        .expect("valid regex")
+});
 static CRON_FIELD: Lazy<Regex> =
     Lazy::new(|| Regex::new(r"^[0-9A-Za-z*/,\-?LW#]+$").expect("valid regex"));
 
@@ -60,6 +66,12 @@ pub fn is_dns_name(s: &str) -> bool {
 /// True for an RFC 5321 dot-atom local part of at most 64 characters.
 pub fn is_local_part(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && LOCAL_PART.is_match(s)
+}
+
+/// True for something shaped like an email address (`local@domain.tld`, no whitespace, at most
+/// 254 characters): what may stand in an address map.
+pub fn is_email_address(s: &str) -> bool {
+    s.len() <= 254 && EMAIL.is_match(s)
 }
 
 /// Parses a Go duration (`2160h`, `90m`, `1h30m`).
@@ -265,6 +277,9 @@ pub fn maildomain(name: &str, spec: &MailDomainSpec) -> Result<(), Invalid> {
             "must be below spec.spam.rejectScore",
         );
     }
+    if let Some(c) = &spec.continuity {
+        continuity(&mut e, spec, c);
+    }
     if let Some(addr) = &spec.policy.dmarc.report_address {
         if !EMAIL.is_match(addr) {
             e.push(
@@ -274,6 +289,87 @@ pub fn maildomain(name: &str, spec: &MailDomainSpec) -> Result<(), Invalid> {
         }
     }
     e.finish()
+}
+
+/// `spec.continuity`: durations in range, an upstream that is not this stack, nothing that
+/// contradicts relaying to the provider.
+fn continuity(e: &mut Errors, spec: &MailDomainSpec, c: &ContinuitySpec) {
+    let within = |e: &mut Errors, field: &str, value: &str, min: Duration, max: Duration| {
+        if let Some(d) = e.duration(field, value, min) {
+            if d > max {
+                e.push(
+                    field,
+                    format!("{value:?} is longer than the maximum {}h", max.as_secs() / 3600),
+                );
+            }
+        }
+    };
+    within(
+        e,
+        "spec.continuity.spoolRetention",
+        &c.spool_retention,
+        HOUR,
+        720 * HOUR,
+    );
+    within(
+        e,
+        "spec.continuity.emergencyInbox.retention",
+        &c.emergency_inbox.retention,
+        24 * HOUR,
+        8760 * HOUR,
+    );
+    if spec.region.role == super::maildomain::RegionRole::Secondary {
+        e.push(
+            "spec.continuity",
+            "cannot be combined with spec.region.role Secondary: continuity relays to the provider itself",
+        );
+    }
+    let hosts = &c.upstream.hosts;
+    if hosts.is_empty() || hosts.len() > 4 {
+        e.push("spec.continuity.upstream.hosts", "list 1 to 4 hosts");
+    }
+    let own_host = spec.mail_hostname();
+    for (i, host) in hosts.iter().enumerate() {
+        let field = format!("spec.continuity.upstream.hosts[{i}]");
+        let name_ok = host.parse::<std::net::Ipv4Addr>().is_ok()
+            || (host.len() <= 253 && UPSTREAM_HOST.is_match(host));
+        if !name_ok {
+            e.push(
+                field,
+                format!("{host:?} is not a lowercase host name or an IPv4 address"),
+            );
+        } else if *host == spec.domain || *host == own_host || spec.alias_domains.contains(host)
+        {
+            e.push(
+                field,
+                format!("{host:?} is this stack's own domain or host: name the provider's inbound servers"),
+            );
+        }
+    }
+    if c.upstream.port == 0 {
+        e.push("spec.continuity.upstream.port", "must be between 1 and 65535");
+    }
+    let d = &c.detection;
+    if !(2..=300).contains(&d.interval_seconds) {
+        e.push(
+            "spec.continuity.detection.intervalSeconds",
+            format!("{} is not between 2 and 300", d.interval_seconds),
+        );
+    }
+    if !(1..=20).contains(&d.failure_threshold) {
+        e.push(
+            "spec.continuity.detection.failureThreshold",
+            format!("{} is not between 1 and 20", d.failure_threshold),
+        );
+    }
+    if let Some(r) = &c.recipients.config_map_ref {
+        if r.name.is_empty() || r.key.is_empty() {
+            e.push(
+                "spec.continuity.recipients.configMapRef",
+                "needs the ConfigMap's name and key",
+            );
+        }
+    }
 }
 
 /// Validates a Mailbox spec.
@@ -303,7 +399,7 @@ pub fn mailbox(spec: &MailboxSpec) -> Result<(), Invalid> {
         }
     }
     for (i, fwd) in spec.forward_to.iter().enumerate() {
-        if fwd.len() > 254 || !EMAIL.is_match(fwd) {
+        if !is_email_address(fwd) {
             e.push(
                 format!("spec.forwardTo[{i}]"),
                 format!("{fwd:?} is not an email address"),

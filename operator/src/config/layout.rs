@@ -35,11 +35,13 @@ pub struct Ports {
     pub dovecot_metrics: u16,
     /// The replication agent's metrics (`postwarden replicate`, next to each Dovecot).
     pub replication_metrics: u16,
+    /// The continuity agent's metrics and state (`postwarden continuity`, in the MTA pod).
+    pub continuity_metrics: u16,
 }
 
 impl Ports {
     /// Every port with the name of its service.
-    pub fn named(&self) -> [(&'static str, u16); 11] {
+    pub fn named(&self) -> [(&'static str, u16); 12] {
         [
             ("smtp", self.smtp),
             ("submissions", self.submissions),
@@ -52,6 +54,7 @@ impl Ports {
             ("rspamd-controller", self.rspamd_controller),
             ("dovecot-metrics", self.dovecot_metrics),
             ("replication-metrics", self.replication_metrics),
+            ("continuity-metrics", self.continuity_metrics),
         ]
     }
 
@@ -69,6 +72,7 @@ impl Ports {
             rspamd_controller: 11334,
             dovecot_metrics: 9900,
             replication_metrics: 9901,
+            continuity_metrics: 9902,
         }
     }
 
@@ -87,6 +91,7 @@ impl Ports {
             rspamd_controller: base + 1000 + 334,
             dovecot_metrics: base + 900,
             replication_metrics: base + 901,
+            continuity_metrics: base + 902,
         }
     }
 }
@@ -300,6 +305,11 @@ impl Layout {
     /// Runtime state: sockets, pid files, Dovecot base_dir.
     pub fn run_dir(&self) -> PathBuf {
         self.under("run/postwarden")
+    }
+    /// The continuity agent's state (which way emergency-inbox copies go, the upstream's last
+    /// answers), on the queue volume so it outlives the pod like the spool it describes.
+    pub fn continuity_dir(&self) -> PathBuf {
+        self.under("var/spool/continuity")
     }
     /// Postfix `data_directory` (TLS and postscreen caches; rebuilt after a restart).
     pub fn postfix_data_dir(&self) -> PathBuf {

@@ -4,6 +4,7 @@
 //! Each renderer takes the MailDomain and a [`Layout`] and returns file name → contents. The
 //! names are flat (ConfigMap keys); every file lands in [`Layout::config_dir`].
 
+pub mod continuity;
 pub mod dovecot;
 pub mod dovecot_auth;
 pub mod layout;
@@ -57,6 +58,7 @@ pub fn mta_files(
     let mut files = postfix::render(md, layout);
     files.extend(rspamd::render(md, layout));
     files.extend(dovecot_auth::render(md, layout));
+    files.extend(continuity::render(md, layout));
     let mut scripts = scripts::render(md, layout);
     scripts.retain(|k, _| k != scripts::IMAP_ENTRYPOINT);
     files.extend(scripts);

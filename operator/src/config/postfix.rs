@@ -11,7 +11,10 @@ use std::fmt::Write;
 
 use crate::api::maildomain::{MailDomain, RegionRole};
 use crate::api::quantity;
-use crate::userdb::{map_file_name, MAP_ALIASES, MAP_MAILBOXES, MAP_SENDERS};
+use crate::userdb::{
+    map_file_name, MAP_ALIASES, MAP_CONTINUITY_COPY, MAP_CONTINUITY_RECIPIENTS, MAP_MAILBOXES,
+    MAP_SENDERS,
+};
 
 use super::tls::TLS12_CIPHERS;
 use super::{dovecot_auth, hostname, Layout};
@@ -22,6 +25,10 @@ pub const MASTER_CF: &str = "master.cf";
 
 /// Message size limit when the spec's quantity cannot be read (validation rejects that earlier).
 const FALLBACK_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+/// Spool retention when the spec's duration cannot be read (validation rejects that earlier).
+const FALLBACK_SPOOL_RETENTION: u64 = 7 * 86400;
+/// The master.cf transport that relays to a continuity upstream.
+pub const UPSTREAM_TRANSPORT: &str = "upstream";
 
 /// `main.cf` and `master.cf`, for `postfix -c <config_dir>`.
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
@@ -47,7 +54,6 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
             .join(", ")
     };
     let tls = layout.tls_dir();
-    let ports = &layout.ports;
     let local_only = layout.listen != "*";
 
     let mut s = String::new();
@@ -119,31 +125,11 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
 
     section(&mut s, "Domains, recipients and delivery");
     let role = spec.region.role;
-    match (role, spec.region.peer_hostname.as_deref()) {
-        (RegionRole::Secondary, Some(peer)) => {
-            // A secondary MX keeps mail for known recipients queued until the primary answers.
-            kv(&mut s, "virtual_mailbox_domains", "");
-            kv(&mut s, "relay_domains", &domains);
-            kv(
-                &mut s,
-                "relay_recipient_maps",
-                &format!("{}, {}", map(MAP_MAILBOXES), map(MAP_ALIASES)),
-            );
-            kv(&mut s, "relay_transport", &format!("relay:[{peer}]:25"));
-            kv(&mut s, "maximal_queue_lifetime", "10d");
-        }
-        _ => {
-            kv(&mut s, "virtual_mailbox_domains", &domains);
-            kv(&mut s, "virtual_mailbox_maps", &map(MAP_MAILBOXES));
-            kv(&mut s, "relay_domains", "");
-            kv(
-                &mut s,
-                "virtual_transport",
-                &format!("lmtp:inet:{}:{}", layout.imap_service_host, ports.lmtp),
-            );
-        }
+    if let Some(c) = &spec.continuity {
+        continuity_delivery(&mut s, c, &domains, &map, layout);
+    } else {
+        delivery(&mut s, spec, role, &domains, &map, layout);
     }
-    kv(&mut s, "virtual_alias_maps", &map(MAP_ALIASES));
     kv(&mut s, "smtpd_sender_login_maps", &map(MAP_SENDERS));
     kv(&mut s, "smtpd_reject_unlisted_recipient", "yes");
     kv(&mut s, "message_size_limit", &size.to_string());
@@ -186,10 +172,15 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
         "smtpd_relay_restrictions",
         "reject_unauth_destination",
     );
+    let refuse_copies = spec
+        .continuity
+        .as_ref()
+        .map(|_| format!("{}, ", continuity_copy_refusal()))
+        .unwrap_or_default();
     kv(
         &mut s,
         "smtpd_recipient_restrictions",
-        "reject_non_fqdn_recipient, reject_unlisted_recipient",
+        &format!("{refuse_copies}reject_non_fqdn_recipient, reject_unlisted_recipient"),
     );
     kv(
         &mut s,
@@ -227,7 +218,7 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
     kv(
         &mut s,
         "submission_recipient_restrictions",
-        "reject_non_fqdn_recipient, permit_sasl_authenticated, reject",
+        &format!("{refuse_copies}reject_non_fqdn_recipient, permit_sasl_authenticated, reject"),
     );
 
     section(
@@ -311,6 +302,103 @@ fn main_cf(md: &MailDomain, layout: &Layout) -> String {
         "i {mail_addr} {client_addr} {client_name} {auth_type} {auth_authen}",
     );
     s
+}
+
+/// Where accepted mail goes: the domain's own mailboxes over LMTP, or a Secondary region's
+/// queue for the primary.
+fn delivery(
+    s: &mut String,
+    spec: &crate::api::MailDomainSpec,
+    role: RegionRole,
+    domains: &str,
+    map: &dyn Fn(&str) -> String,
+    layout: &Layout,
+) {
+    let ports = &layout.ports;
+    match (role, spec.region.peer_hostname.as_deref()) {
+        (RegionRole::Secondary, Some(peer)) => {
+            // A secondary MX keeps mail for known recipients queued until the primary answers.
+            kv(s, "virtual_mailbox_domains", "");
+            kv(s, "relay_domains", domains);
+            kv(
+                s,
+                "relay_recipient_maps",
+                &format!("{}, {}", map(MAP_MAILBOXES), map(MAP_ALIASES)),
+            );
+            kv(s, "relay_transport", &format!("relay:[{peer}]:25"));
+            kv(s, "maximal_queue_lifetime", "10d");
+        }
+        _ => {
+            kv(s, "virtual_mailbox_domains", domains);
+            kv(s, "virtual_mailbox_maps", &map(MAP_MAILBOXES));
+            kv(s, "relay_domains", "");
+            kv(
+                s,
+                "virtual_transport",
+                &format!("lmtp:inet:{}:{}", layout.imap_service_host, ports.lmtp),
+            );
+        }
+    }
+    kv(s, "virtual_alias_maps", &map(MAP_ALIASES));
+}
+
+/// Continuity: relay to the provider, keep the spool for `spoolRetention`, and copy every message
+/// for a Mailbox to its emergency inbox. Where the copies go is the continuity agent's switch
+/// ([`super::continuity`]): a regexp transport map in the state directory routes them to Dovecot
+/// while local delivery is active and holds them in the queue otherwise.
+fn continuity_delivery(
+    s: &mut String,
+    c: &crate::api::continuity::ContinuitySpec,
+    domains: &str,
+    map: &dyn Fn(&str) -> String,
+    layout: &Layout,
+) {
+    kv(s, "virtual_mailbox_domains", "");
+    kv(s, "relay_domains", domains);
+    kv(
+        s,
+        "relay_recipient_maps",
+        &format!(
+            "{}, {}, {}",
+            map(MAP_MAILBOXES),
+            map(MAP_ALIASES),
+            map(MAP_CONTINUITY_RECIPIENTS)
+        ),
+    );
+    kv(s, "relay_transport", &format!("{UPSTREAM_TRANSPORT}:{}", c.next_hops().join(", ")));
+    // The provider resolves its own aliases and groups: addresses are relayed as given.
+    kv(s, "virtual_alias_maps", "");
+    kv(s, "recipient_bcc_maps", &map(MAP_CONTINUITY_COPY));
+    kv(
+        s,
+        "transport_maps",
+        &format!(
+            "regexp:{}",
+            layout.continuity_dir().join(super::continuity::TRANSPORT_MAP).display()
+        ),
+    );
+    let retention = crate::api::validate::parse_duration(&c.spool_retention)
+        .map_or(FALLBACK_SPOOL_RETENTION, |d| d.as_secs());
+    kv(s, "maximal_queue_lifetime", &format!("{retention}s"));
+    kv(s, "bounce_queue_lifetime", &format!("{}s", retention.min(5 * 86400)));
+    // Retries while the provider is down: soon at first, then every 10 minutes at most, so
+    // the spool drains promptly when it is back (the agent also flushes it then).
+    kv(s, "minimal_backoff_time", "60s");
+    kv(s, "maximal_backoff_time", "600s");
+    kv(s, "queue_run_delay", "60s");
+    // Draining a large spool stays gentle with the provider.
+    kv(s, &format!("{UPSTREAM_TRANSPORT}_destination_concurrency_limit"), "4");
+    kv(s, &format!("{UPSTREAM_TRANSPORT}_initial_destination_concurrency"), "2");
+    kv(s, &format!("{UPSTREAM_TRANSPORT}_destination_recipient_limit"), "50");
+}
+
+/// Recipient restriction of a continuity domain: nobody addresses an emergency-inbox copy
+/// directly (only `recipient_bcc_maps` makes them, after the RCPT checks).
+fn continuity_copy_refusal() -> String {
+    format!(
+        "check_recipient_access regexp:{{{{/[+]{}@/ 550 5.1.1 Recipient address rejected}}}}",
+        crate::userdb::CONTINUITY_COPY_EXTENSION
+    )
 }
 
 fn kv(s: &mut String, key: &str, value: &str) {
@@ -400,5 +488,29 @@ fn master_cf(md: &MailDomain, layout: &Layout) -> String {
          scache    unix  -       -       n       -       1       scache\n\
          postlog   unix-dgram n  -       n       -       1       postlogd\n",
     );
+    if let Some(c) = &md.spec.continuity {
+        upstream_transport(&mut s, c);
+    }
     s
+}
+
+/// The transport to a continuity upstream: TLS always, verified against the public trust store
+/// for the next hop's name unless `tls: Encrypt`.
+fn upstream_transport(s: &mut String, c: &crate::api::continuity::ContinuitySpec) {
+    use crate::api::continuity::UpstreamTls;
+    let _ = writeln!(
+        s,
+        "{UPSTREAM_TRANSPORT:<9} unix  -       -       n       -       -       smtp\n\
+         \x20 -o syslog_name=postfix/{UPSTREAM_TRANSPORT}"
+    );
+    match c.upstream.tls {
+        UpstreamTls::Verify => s.push_str(
+            "  -o smtp_tls_security_level=secure\n\
+             \x20 -o smtp_tls_secure_cert_match=nexthop\n\
+             \x20 -o smtp_tls_CAfile=/etc/ssl/certs/ca-certificates.crt\n",
+        ),
+        UpstreamTls::Encrypt => s.push_str("  -o smtp_tls_security_level=encrypt\n"),
+    }
+    // Not DANE: the upstream's policy is this spec, not the DNS.
+    s.push_str("  -o smtp_dns_support_level=enabled\n");
 }

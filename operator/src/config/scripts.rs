@@ -19,7 +19,7 @@ use std::path::Path;
 use crate::api::maildomain::MailDomain;
 use crate::userdb::VMAIL_UID;
 
-use super::{dovecot_auth, postfix, replication, rspamd, Layout};
+use super::{continuity, dovecot_auth, postfix, replication, rspamd, Layout};
 
 pub const MTA_ENTRYPOINT: &str = "mta-entrypoint.sh";
 pub const IMAP_ENTRYPOINT: &str = "imap-entrypoint.sh";
@@ -30,7 +30,7 @@ pub const AUTH_ENTRYPOINT: &str = "auth-entrypoint.sh";
 /// The entrypoints, for the config directory (run them with `sh <file>`).
 pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (MTA_ENTRYPOINT.to_string(), mta(layout)),
+        (MTA_ENTRYPOINT.to_string(), mta(md, layout)),
         (IMAP_ENTRYPOINT.to_string(), imap(md, layout)),
         (RSPAMD_ENTRYPOINT.to_string(), rspamd_entry(layout)),
         (AUTH_ENTRYPOINT.to_string(), auth(layout)),
@@ -80,7 +80,7 @@ pause() {
 }
 "#;
 
-fn mta(layout: &Layout) -> String {
+fn mta(md: &MailDomain, layout: &Layout) -> String {
     let mut s = String::from(PREAMBLE);
     let log_dir = make_log_dir(layout);
     let _ = write!(
@@ -97,22 +97,25 @@ rm -f "$QUEUE"/pid/*.pid
 chown postfix:postfix "$DATA"
 chmod 0700 "$DATA"
 test -f "$CONFIG/{main_cf}" || {{ log "missing $CONFIG/{main_cf}"; exit 1; }}
-# Creates missing queue directories and fixes their ownership.
+{continuity_prepare}# Creates missing queue directories and fixes their ownership.
 postfix -c "$CONFIG" check
 
 postfix -c "$CONFIG" start-fg &
 PID=$!
 stopping=0
-trap 'stopping=1; log "stopping Postfix"; postfix -c "$CONFIG" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
+trap 'stopping=1; log "stopping Postfix"; stop_continuity; postfix -c "$CONFIG" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
 
+{continuity_started}
 changed maps {maps} {tls} || true
 while kill -0 "$PID" 2>/dev/null; do
   pause
+  kill -0 "$PID" 2>/dev/null && keep_continuity
   if changed maps {maps} {tls}; then
     log "maps or certificate changed: reloading Postfix"
     postfix -c "$CONFIG" reload || log "postfix reload failed"
   fi
 done
+stop_continuity
 status=0
 wait "$PID" || status=$?
 # `postfix stop` ends the foreground wrapper with SIGTERM: a clean stop we asked for.
@@ -127,6 +130,8 @@ exit "$status"
         maps = p(&layout.maps_dir()),
         tls = p(&layout.tls_dir()),
         main_cf = postfix::MAIN_CF,
+        continuity_prepare = continuity::entrypoint_prepare(md, layout),
+        continuity_started = continuity::entrypoint_started(md),
     );
     s
 }

@@ -387,7 +387,7 @@ fn daemon_specs(layout: &Layout, runtime: &Runtime, replicas: usize) -> anyhow::
         program: sh.to_path_buf(),
         args: vec![config.join(scripts::MTA_ENTRYPOINT).into()],
         ports: vec![p.smtp, p.submission, p.submissions],
-        env: env(&[]),
+        env: env(&[("POSTWARDEN_AGENT", agent.clone())]),
         log: console("postfix"),
         main_pid_file: Some(layout.queue_dir().join("pid/master.pid")),
     });

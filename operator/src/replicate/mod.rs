@@ -69,6 +69,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", config_path.display()))?;
     let config: AgentConfig = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", config_path.display()))?;
+    init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+/// Logs of the agents: plain lines on stderr, filtered by `POSTWARDEN_LOG` (default `info`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -77,11 +87,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(serve(config))
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {

@@ -61,6 +61,16 @@ pub fn queue_volume_root(layout: &crate::config::Layout) -> std::path::PathBuf {
         .unwrap_or(queue)
 }
 
+/// The Postfix container's ports: SMTP and submission, and the continuity agent's metrics when
+/// it runs beside Postfix.
+fn postfix_ports(domain: &Domain, layout: &crate::config::Layout) -> Vec<service::NamedPort> {
+    let mut ports = service::smtp_ports(&layout.ports).to_vec();
+    if domain.spec.continuity.is_some() {
+        ports.push(service::continuity_metrics_port(&layout.ports));
+    }
+    ports
+}
+
 /// The StatefulSet `<md>-mta`.
 ///
 /// - `image`: the MTA image (Postfix and Rspamd).
@@ -94,7 +104,7 @@ pub fn build(
         name: POSTFIX_CONTAINER.into(),
         image: Some(image.into()),
         command: Some(entry(scripts::MTA_ENTRYPOINT)),
-        ports: Some(pod::container_ports(&service::smtp_ports(&layout.ports))),
+        ports: Some(pod::container_ports(&postfix_ports(domain, &layout))),
         resources: Some(pod::resources(
             domain.spec.mta.resources.as_ref(),
             POSTFIX_RESOURCES,

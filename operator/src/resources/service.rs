@@ -66,8 +66,20 @@ pub fn postfix_metrics_port() -> NamedPort {
 }
 
 /// The MTA pods' metrics ports. Their names are what the chart's PodMonitor scrapes.
-pub fn mta_metrics_ports(p: &Ports) -> [NamedPort; 2] {
-    [postfix_metrics_port(), rspamd_metrics_port(p)]
+pub fn mta_metrics_ports(spec: &crate::api::MailDomainSpec, p: &Ports) -> Vec<NamedPort> {
+    let mut ports = vec![postfix_metrics_port(), rspamd_metrics_port(p)];
+    if spec.continuity.is_some() {
+        ports.push(continuity_metrics_port(p));
+    }
+    ports
+}
+
+/// The continuity agent's `/metrics` and `/status` (in the Postfix container).
+pub fn continuity_metrics_port(p: &Ports) -> NamedPort {
+    NamedPort {
+        name: "cont-metrics",
+        port: p.continuity_metrics,
+    }
 }
 
 /// Dovecot's public ports: IMAP with STARTTLS and IMAPS.
@@ -150,7 +162,7 @@ pub fn build_imap(domain: &Domain) -> Service {
 pub fn build_mta_headless(domain: &Domain) -> Service {
     let ports = domain.layout().ports;
     let mut named = vec![smtp_ports(&ports)[0]];
-    named.extend(mta_metrics_ports(&ports));
+    named.extend(mta_metrics_ports(domain.spec, &ports));
     headless(
         domain,
         domain.names.mta_headless(),

@@ -25,6 +25,23 @@ pub const MAP_MAILBOXES: &str = "mailboxes";
 pub const MAP_ALIASES: &str = "aliases";
 /// Name of the Postfix map of which login may send as which address (`smtpd_sender_login_maps`).
 pub const MAP_SENDERS: &str = "senders";
+/// Continuity only: each address of a Mailbox and the address its emergency-inbox copy goes to
+/// (`recipient_bcc_maps`, see [`continuity_copy_address`]).
+pub const MAP_CONTINUITY_COPY: &str = "continuity-copy";
+/// Continuity only: the further accepted recipients of `spec.continuity.recipients`.
+pub const MAP_CONTINUITY_RECIPIENTS: &str = "continuity-recipients";
+
+/// The address extension that marks an emergency-inbox copy (`bob+<this>@example.com`):
+/// Postfix routes it to Dovecot or holds it, Dovecot delivers it to bob's INBOX.
+pub const CONTINUITY_COPY_EXTENSION: &str = "postwarden-continuity";
+
+/// Where the emergency-inbox copy of mail for the mailbox `address` goes.
+pub fn continuity_copy_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}+{CONTINUITY_COPY_EXTENSION}@{domain}"),
+        None => format!("{address}+{CONTINUITY_COPY_EXTENSION}"),
+    }
+}
 
 /// One Mailbox with everything the users database needs, its password already hashed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,17 +75,40 @@ impl UsersDb {
     /// The map files of shard `index` (for its ConfigMap).
     pub fn map_shard(&self, index: usize) -> BTreeMap<String, String> {
         MAPS.iter()
-            .map(|m| {
-                let file = map_file_name(m, index);
-                let text = self.maps.get(&file).cloned().unwrap_or_default();
-                (file, text)
-            })
+            .chain(&CONTINUITY_MAPS)
+            .map(|m| map_file_name(m, index))
+            .filter_map(|file| Some((file.clone(), self.maps.get(&file)?.clone())))
             .collect()
+    }
+
+    /// Puts `addresses` (one per line; blank lines and `#` comments skipped) into the map of
+    /// further continuity recipients. Returns the lines that are not addresses.
+    pub fn set_continuity_recipients(&mut self, addresses: &str) -> Vec<String> {
+        let mut keys = BTreeSet::new();
+        let mut bad = Vec::new();
+        for line in addresses.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if crate::api::validate::is_email_address(line) {
+                keys.insert(line.to_ascii_lowercase());
+            } else {
+                bad.push(line.to_string());
+            }
+        }
+        add_sharded(
+            &mut self.maps,
+            MAP_CONTINUITY_RECIPIENTS,
+            keys.iter().map(|k| (k.as_str(), "OK".to_string())).collect(),
+        );
+        bad
     }
 }
 
 /// Every Postfix map, by base name.
 pub const MAPS: [&str; 3] = [MAP_MAILBOXES, MAP_ALIASES, MAP_SENDERS];
+/// The maps only a domain with `spec.continuity` has.
+pub const CONTINUITY_MAPS: [&str; 2] = [MAP_CONTINUITY_COPY, MAP_CONTINUITY_RECIPIENTS];
 
 /// File of shard `index` of map `map` (`aliases-a`); a key is in the shard of [`shard_of`].
 pub fn map_file_name(map: &str, index: usize) -> String {
@@ -145,17 +185,8 @@ pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
         }
     }
 
-    // Each map split by the shard of its key, every shard file present even when empty.
     let mut maps = BTreeMap::new();
-    let mut add = |map: &str, entries: Vec<(&str, String)>| {
-        let mut parts = vec![Vec::new(); USER_SHARDS];
-        for (key, value) in entries {
-            parts[shard_of(key)].push((key, value));
-        }
-        for (index, part) in parts.into_iter().enumerate() {
-            maps.insert(map_file_name(map, index), render_map(part.into_iter()));
-        }
-    };
+    let mut add = |map: &str, entries: Vec<(&str, String)>| add_sharded(&mut maps, map, entries);
     add(
         MAP_MAILBOXES,
         mailbox_map
@@ -165,7 +196,32 @@ pub fn build(md: &MailDomainSpec, mailboxes: &[ResolvedMailbox]) -> UsersDb {
     );
     add(MAP_ALIASES, set_entries(&aliases));
     add(MAP_SENDERS, set_entries(&senders));
+    if md.continuity.is_some() {
+        // An address owned by exactly one mailbox gets that mailbox's copy address; forwards
+        // and addresses two mailboxes claim get no emergency-inbox copy.
+        let copies: Vec<(&str, String)> = senders
+            .iter()
+            .filter(|(_, owners)| owners.len() == 1)
+            .filter_map(|(addr, owners)| {
+                let owner = owners.iter().next()?;
+                Some((addr.as_str(), continuity_copy_address(owner)))
+            })
+            .collect();
+        add(MAP_CONTINUITY_COPY, copies);
+        add(MAP_CONTINUITY_RECIPIENTS, Vec::new());
+    }
     UsersDb { shards, maps }
+}
+
+/// Inserts `map` split by the shard of its keys, every shard file present even when empty.
+fn add_sharded(maps: &mut BTreeMap<String, String>, map: &str, entries: Vec<(&str, String)>) {
+    let mut parts = vec![Vec::new(); USER_SHARDS];
+    for (key, value) in entries {
+        parts[shard_of(key)].push((key, value));
+    }
+    for (index, part) in parts.into_iter().enumerate() {
+        maps.insert(map_file_name(map, index), render_map(part.into_iter()));
+    }
 }
 
 /// `user:password:uid:gid:gecos:home:shell:extra` with uid, gid and home left to the userdb's
