@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -75,6 +75,27 @@ pub struct Inputs {
     pub domains: Vec<MailDomain>,
     pub mailboxes: Vec<Mailbox>,
     pub secrets: Vec<Secret>,
+    /// ConfigMaps a spec refers to (`spec.continuity.recipients.configMapRef`).
+    pub config_maps: Vec<ConfigMap>,
+}
+
+impl Inputs {
+    /// The text of `spec.continuity.recipients.configMapRef` of `md`, looked up in the inputs
+    /// (see [`crate::plan::DomainInputs::continuity_recipients`]).
+    pub fn continuity_recipients(
+        &self,
+        md: &crate::api::MailDomain,
+    ) -> Option<Result<String, String>> {
+        let r = md.spec.continuity.as_ref()?.recipients.config_map_ref.as_ref()?;
+        let namespace = md.metadata.namespace.as_deref();
+        let cm = self.config_maps.iter().find(|c| {
+            c.metadata.name.as_deref() == Some(&r.name) && c.metadata.namespace.as_deref() == namespace
+        });
+        Some(match cm {
+            None => Err(format!("ConfigMap {} is not in the input", r.name)),
+            Some(cm) => crate::plan::config_map_key(cm, &r.key),
+        })
+    }
 }
 
 /// Loads a file, or every `*.yaml`/`*.yml` file of a directory in name order.
@@ -145,11 +166,12 @@ pub fn load_str(file: &Path, text: &str, inputs: &mut Inputs) -> Result<(), Load
                 inputs.mailboxes.push(mb);
             }
             ("v1", "Secret") => inputs.secrets.push(typed(&origin, doc)?),
+            ("v1", "ConfigMap") => inputs.config_maps.push(typed(&origin, doc)?),
             _ => {
                 return Err(LoadError::Document {
                     origin,
                     message: format!(
-                        "unsupported object {api_version:?} {kind:?}: expected MailDomain, Mailbox (postwarden.dev/v1alpha1) or Secret (v1)"
+                        "unsupported object {api_version:?} {kind:?}: expected MailDomain, Mailbox (postwarden.dev/v1alpha1), Secret or ConfigMap (v1)"
                     ),
                 })
             }

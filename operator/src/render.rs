@@ -114,6 +114,7 @@ fn domain_objects(
         dkim: &state.dkim,
         internal: &internal,
         images: Images::for_spec(&md.spec, &Images::default()),
+        continuity_recipients: inputs.continuity_recipients(md),
     })?;
     for outcome in &children.mailboxes {
         let problem = outcome

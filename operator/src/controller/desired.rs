@@ -43,6 +43,8 @@ pub struct Resolved {
     /// certificate, DKIM keys, internal secrets) or that the spec names (`tls.secretName`),
     /// by name. Absent when not created yet.
     pub secrets: BTreeMap<String, Secret>,
+    /// `spec.continuity.recipients.configMapRef`'s text, or why it could not be read.
+    pub continuity_recipients: Option<Result<String, String>>,
     pub now: Timestamp,
 }
 

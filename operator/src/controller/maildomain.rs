@@ -105,10 +105,12 @@ async fn reconcile_domain(
     let mailboxes = ctx.stores.mailboxes_of(namespace, name);
     let (inputs, mut states) = resolve_mailboxes(ctx, namespace, &mailboxes).await?;
     let secrets = resolve_state_secrets(ctx, namespace, md).await?;
+    let continuity_recipients = read_continuity_recipients(ctx, namespace, md).await?;
     let resolved = Resolved {
         domain: md.clone(),
         mailboxes: inputs,
         secrets,
+        continuity_recipients,
         now,
     };
 
@@ -456,6 +458,33 @@ async fn resolve_state_secrets(
         }
     }
     Ok(out)
+}
+
+/// The ConfigMap key of `spec.continuity.recipients.configMapRef`, read on every reconcile (the
+/// periodic resync picks up its changes).
+async fn read_continuity_recipients(
+    ctx: &Context,
+    namespace: &str,
+    md: &MailDomain,
+) -> Result<Option<Result<String, String>>, Error> {
+    let Some(r) = md
+        .spec
+        .continuity
+        .as_ref()
+        .and_then(|c| c.recipients.config_map_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    match api.get_opt(&r.name).await {
+        Ok(Some(cm)) => Ok(Some(crate::plan::config_map_key(&cm, &r.key))),
+        Ok(None) => Ok(Some(Err(format!("ConfigMap {} not found", r.name)))),
+        Err(source) => Err(Error::Read {
+            what: format!("ConfigMap {namespace}/{}", r.name),
+            source,
+        }),
+    }
 }
 
 /// Writes the MailDomain status if it differs from the stored one, with an Event when Ready,

@@ -160,6 +160,7 @@ impl Planner for DomainPlanner {
             dkim: &state.dkim,
             internal: &state.internal,
             images: Images::for_spec(&md.spec, &self.images),
+            continuity_recipients: r.continuity_recipients.clone(),
         })
         .map_err(|e| e.to_string())?;
 

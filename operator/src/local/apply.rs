@@ -118,7 +118,8 @@ pub fn apply(
 
     let internal = internal_secrets(store, &names)?;
     let (mailboxes, warnings) = resolve_mailboxes(inputs, md, &internal.hash_key);
-    let users = userdb::build(&md.spec, &mailboxes);
+    let mut users = userdb::build(&md.spec, &mailboxes);
+    crate::plan::continuity_recipients(&mut users, inputs.continuity_recipients(md).as_ref())?;
 
     // The MTA and the IMAP pods each mount their own ConfigMap at the config directory; on one
     // host that directory holds both.

@@ -45,6 +45,9 @@ pub struct DomainInputs<'a> {
     pub internal: &'a InternalSecrets,
     /// The images of this domain's pods ([`Images::for_spec`]).
     pub images: Images,
+    /// The text of `spec.continuity.recipients.configMapRef` (one address per line), or why it
+    /// could not be read; `None` when the spec names no ConfigMap.
+    pub continuity_recipients: Option<Result<String, String>>,
 }
 
 /// One Mailbox and its users-database entry.
@@ -146,6 +149,9 @@ pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// Why [`desired`] could not build the children.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// The further continuity recipients cannot be read or hold something that is no address.
+    #[error("spec.continuity.recipients.configMapRef: {0}")]
+    ContinuityRecipients(String),
     /// A DKIM key of the state cannot be written in the signer's form.
     #[error("DKIM keys: {0}")]
     Dkim(#[from] crate::dkim::DkimError),
@@ -157,6 +163,44 @@ pub enum PlanError {
         name: String,
         bytes: usize,
     },
+}
+
+/// The text under `key` of a ConfigMap, or why there is none.
+pub fn config_map_key(
+    cm: &k8s_openapi::api::core::v1::ConfigMap,
+    key: &str,
+) -> Result<String, String> {
+    let name = cm.metadata.name.as_deref().unwrap_or_default();
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
+        .ok_or_else(|| format!("ConfigMap {name} has no key {key:?}"))
+}
+
+/// Adds the ConfigMap's further continuity recipients to the users database; a ConfigMap that
+/// is missing or lists something that is no address stops the plan (the running configuration
+/// stays as it is).
+pub fn continuity_recipients(
+    users: &mut userdb::UsersDb,
+    text: Option<&Result<String, String>>,
+) -> Result<(), PlanError> {
+    match text {
+        None => Ok(()),
+        Some(Err(e)) => Err(PlanError::ContinuityRecipients(e.clone())),
+        Some(Ok(text)) => {
+            let bad = users.set_continuity_recipients(text);
+            if bad.is_empty() {
+                return Ok(());
+            }
+            let shown: Vec<String> = bad.iter().take(3).map(|b| format!("{b:?}")).collect();
+            Err(PlanError::ContinuityRecipients(format!(
+                "{} line(s) are not email addresses: {}",
+                bad.len(),
+                shown.join(", ")
+            )))
+        }
+    }
 }
 
 /// Every child of the MailDomain, and the fate of each of its Mailboxes.
@@ -179,7 +223,8 @@ pub fn desired(inputs: &DomainInputs<'_>) -> Result<Children, PlanError> {
             Some(resolved)
         })
         .collect();
-    let users = userdb::build(&md.spec, &included);
+    let mut users = userdb::build(&md.spec, &included);
+    continuity_recipients(&mut users, inputs.continuity_recipients.as_ref())?;
 
     let mta_config = config_map::build_mta_config(&domain, crate::config::mta_files(md, &layout));
     let imap_config =

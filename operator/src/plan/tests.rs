@@ -114,6 +114,7 @@ impl Fixture {
     fn domain_inputs(&self) -> DomainInputs<'_> {
         let md = self.md();
         DomainInputs {
+            continuity_recipients: None,
             md,
             namespace: "mail",
             mailboxes: self
