@@ -96,6 +96,50 @@ class Stack:
     def log(self):
         return (self.dir / "local-up.log").read_text(errors="replace")
 
+    def start(self):
+        """Starts `postwarden local up` on DIR and waits until it is ready."""
+        log = open(self.dir / "local-up.log", "a")
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                str(self.binary), "local", "up",
+                "-f", str(self.file),
+                "--dir", str(self.dir),
+                "--port-base", str(self.port_base),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        ready = self.dir / "ready"
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"postwarden local up exited with {self.process.returncode} before ready:\n{self.log()}"
+                )
+            if time.monotonic() - started > READY_TIMEOUT:
+                raise AssertionError(f"stack not ready within {READY_TIMEOUT}s:\n{self.log()}")
+            time.sleep(0.05)
+        self.ready = json.loads(ready.read_text())
+
+    def stop(self):
+        """SIGTERM to `local up`; returns its exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def restart(self):
+        """Stops the whole stack and starts it again on the same DIR (queue and mail kept)."""
+        code = self.stop()
+        assert code == 0, f"local up exited {code} on SIGTERM:\n{self.log()}"
+        self.start()
+
 
 @pytest.fixture(scope="session")
 def sink():
@@ -129,44 +173,18 @@ def running_stack(manifest, port_base, label):
     s.port_base = port_base
     manifest.write(s.file)
     copy_cache(RSPAMD_CACHE, directory / RSPAMD_RUN_DIR)
-    log = open(directory / "local-up.log", "w")
     started = time.monotonic()
-    s.process = subprocess.Popen(
-        [
-            str(binary), "local", "up",
-            "-f", str(s.file),
-            "--dir", str(directory),
-            "--port-base", str(port_base),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        while not (directory / "ready").exists():
-            if s.process.poll() is not None:
-                raise AssertionError(
-                    f"postwarden local up exited with {s.process.returncode} before ready:\n{s.log()}"
-                )
-            if time.monotonic() - started > READY_TIMEOUT:
-                raise AssertionError(f"stack not ready within {READY_TIMEOUT}s:\n{s.log()}")
-            time.sleep(0.05)
+        s.start()
         TIMINGS[f"{label}stack start-to-ready (seen by the suite)"] = time.monotonic() - started
-        s.ready = json.loads((directory / "ready").read_text())
         TIMINGS[f"{label}stack start-to-ready (reported by local up)"] = s.ready["readySeconds"]
         for name, seconds in s.ready["daemonReadySeconds"].items():
             TIMINGS[f"  {label}{name} listening after"] = seconds
         yield s
     finally:
         stopping = time.monotonic()
-        if s.process.poll() is None:
-            s.process.send_signal(signal.SIGTERM)
-        try:
-            code = s.process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            s.process.kill()
-            code = s.process.wait()
+        code = s.stop()
         TIMINGS[f"{label}stack stop"] = time.monotonic() - stopping
-        log.close()
         copy_cache(directory / RSPAMD_RUN_DIR, RSPAMD_CACHE)
         pids = (s.ready or {}).get("daemons", {})
         alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}

@@ -11,6 +11,7 @@ DOMAIN = "lab.example"
 ALIAS_DOMAIN = "alias.example"
 HOSTNAME = "mail.lab.example"
 ED25519_DOMAIN = "ed.example"
+CONTINUITY_DOMAIN = "cont.example"
 
 # localPart -> password. Passwords are long enough for any policy.
 PASSWORDS = {
@@ -80,6 +81,8 @@ class Manifest:
             "frank": mailbox("frank"),
             "grace": mailbox("grace"),
         }
+        # Further objects (ConfigMaps) written after the mailboxes.
+        self.extra = []
 
     @classmethod
     def ed25519(cls):
@@ -98,12 +101,44 @@ class Manifest:
         m.mailboxes = {"alice": mailbox("alice", domain_ref="ed")}
         return m
 
+    @classmethod
+    def continuity(cls, upstream_port):
+        """A domain whose mailboxes live at a hosted provider (the stand-in on 127.0.0.1 at
+        `upstream_port`): this stack is its secondary MX. "helpdesk" has no Mailbox, only a
+        line in the recipients ConfigMap; the provider refuses "gone" (a deleted user)."""
+        m = cls()
+        m.domain = maildomain(
+            "cont",
+            domain=CONTINUITY_DOMAIN,
+            hostname=f"mx2.{CONTINUITY_DOMAIN}",
+            mta={"replicas": 1},
+            imap={"replicas": 1},
+            continuity={
+                "upstream": {"hosts": ["127.0.0.1"], "port": upstream_port, "tls": "Encrypt"},
+                "recipients": {"configMapRef": {"name": "cont-recipients"}},
+                "detection": {"intervalSeconds": 2, "failureThreshold": 2},
+            },
+        )
+        m.passwords = {k: PASSWORDS[k] for k in ("alice", "bob")}
+        m.passwords["gone"] = "gone-Deleted-At-The-Provider-7"
+        m.mailboxes = {k: mailbox(k, domain_ref="cont") for k in m.passwords}
+        m.extra = [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "cont-recipients", "namespace": "mail"},
+                "data": {"recipients": f"# no Mailbox here\nhelpdesk@{CONTINUITY_DOMAIN}\n"},
+            }
+        ]
+        return m
+
     def text(self):
         # JSON is YAML: one document per object, no YAML library needed.
         docs = [self.domain]
         for local_part, mb in self.mailboxes.items():
             docs.append(mb)
             docs.append(password_secret(local_part, self.passwords[local_part]))
+        docs.extend(self.extra)
         return "".join("---\n" + json.dumps(d, indent=1) + "\n" for d in docs)
 
     def write(self, path):
