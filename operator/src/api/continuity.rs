@@ -99,8 +99,10 @@ pub struct RecipientsSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The key holding the addresses (default `recipients`).
     #[serde(default = "default_recipients_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,

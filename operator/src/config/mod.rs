@@ -84,3 +84,6 @@ pub(crate) mod daemon_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod continuity_tests;

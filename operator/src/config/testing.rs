@@ -18,6 +18,14 @@ pub fn quickstart_inputs() -> Inputs {
     inputs
 }
 
+/// The continuity example (a Microsoft 365 domain with this stack as its secondary MX).
+pub fn continuity_inputs() -> Inputs {
+    let text = include_str!("../../../manifests/examples/continuity.yaml");
+    let mut inputs = Inputs::default();
+    load_str(Path::new("continuity.yaml"), text, &mut inputs).expect("continuity example loads");
+    inputs
+}
+
 pub fn quickstart() -> MailDomain {
     quickstart_inputs().domains.remove(0)
 }
