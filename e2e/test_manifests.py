@@ -536,7 +536,7 @@ def test_chart_queries_only_metrics_the_operator_exports():
     # controller::metrics::tests::exported_names_are_the_ones_the_chart_may_query.
     exported = {
         line.strip()
-        for listing in ("metrics.txt", "metrics-agent.txt")
+        for listing in ("metrics.txt", "metrics-agent.txt", "metrics-continuity.txt")
         for line in (render_chart.CHART / listing).read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
@@ -555,7 +555,7 @@ def test_monitors_scrape_the_operator_and_every_mail_exporter():
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (pm,) = by_kind(objs, "PodMonitor")
-    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["dovecot-metrics", "repl-metrics", "rspamd-metrics", "postfix-metrics"]
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["dovecot-metrics", "repl-metrics", "rspamd-metrics", "postfix-metrics", "cont-metrics"]
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     (pm_ns,) = by_kind(objects(SCENARIOS["single-namespace"]), "PodMonitor")
     assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["mail"]}

@@ -101,3 +101,33 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_names_are_the_ones_the_chart_may_query() {
+        let m = Metrics::new();
+        m.probe(true);
+        m.probe(false);
+        m.switches.inc();
+        m.released.inc_by(3);
+        m.set(&Status {
+            upstream_available: false,
+            local_delivery: true,
+            spooled_messages: 7,
+            oldest_spooled_seconds: 42,
+            ..Status::default()
+        });
+        let text = m.encode();
+        crate::test_support::assert_exports_exactly(
+            &text,
+            include_str!("../../../charts/postwarden/metrics-continuity.txt"),
+            "metrics-continuity.txt",
+        );
+        assert!(text.contains("postwarden_continuity_upstream_available 0"), "{text}");
+        assert!(text.contains("postwarden_continuity_spooled_messages 7"), "{text}");
+        assert!(text.contains("postwarden_continuity_probes_total{result=\"failed\"} 1"), "{text}");
+    }
+}
