@@ -119,6 +119,17 @@ fn agent_config(md: &MailDomain, c: &ContinuitySpec, layout: &Layout) -> AgentCo
     }
 }
 
+/// Inside Dovecot's inbox namespace: with continuity, the INBOX is the emergency inbox and what
+/// arrived there longer ago than `emergencyInbox.retention` is expunged (empty otherwise).
+pub fn inbox_retention(md: &MailDomain) -> String {
+    let Some(c) = &md.spec.continuity else {
+        return String::new();
+    };
+    let secs = crate::api::validate::parse_duration(&c.emergency_inbox.retention)
+        .map_or(30 * 86400, |d| d.as_secs());
+    format!("  mailbox INBOX {{\n    autoexpunge = {secs} secs\n  }}\n")
+}
+
 /// MTA entrypoint lines run before Postfix starts (`$CONFIG` is the configuration directory):
 /// the state directory and, on a first start, the holding transport map.
 pub fn entrypoint_prepare(md: &MailDomain, layout: &Layout) -> String {

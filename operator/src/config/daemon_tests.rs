@@ -216,6 +216,54 @@ fn every_option_variant_passes_the_daemons_checks() {
 }
 
 #[test]
+fn the_continuity_configuration_passes_the_daemons_checks() {
+    let dir = tempfile::Builder::new()
+        .prefix("postwarden-config-")
+        .tempdir()
+        .expect("tempdir");
+    let md = super::testing::continuity_inputs().domains.remove(0);
+    let layout = Layout::local(dir.path(), free_port_base(1), 1);
+    write_tree(&md, &layout, &quickstart_mailboxes());
+    for d in [
+        layout.queue_dir(),
+        layout.postfix_data_dir(),
+        layout.log_dir.clone().unwrap(),
+        layout.continuity_dir(),
+    ] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let config = layout.config_dir();
+    fs::copy(
+        config.join(continuity::TRANSPORT_HOLD),
+        layout.continuity_dir().join(continuity::TRANSPORT_MAP),
+    )
+    .unwrap();
+    run_ok(daemon(&layout, "postfix").arg("-c").arg(&config).arg("check"));
+    for flag in ["-n", "-M"] {
+        let out = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg(flag));
+        assert!(!out.contains("warning"), "{out}");
+    }
+    // The maps answer as the design says: a copy address goes to the held transport, the
+    // provider's address relays, nobody may address a copy.
+    let map = format!(
+        "regexp:{}",
+        layout.continuity_dir().join(continuity::TRANSPORT_MAP).display()
+    );
+    let out = run_ok(
+        daemon(&layout, "postmap")
+            .arg("-c")
+            .arg(&config)
+            .arg("-q")
+            .arg("alice+postwarden-continuity@contoso.com")
+            .arg(&map),
+    );
+    assert!(out.starts_with("retry:4.3.0"), "{out}");
+    let conf = config.join(dovecot::instance_file_name(0));
+    let out = run_ok(daemon(&layout, "doveconf").arg("-c").arg(&conf).arg("-n"));
+    assert!(out.contains("autoexpunge = 2592000 secs"), "{out}");
+}
+
+#[test]
 fn dovecot_accepts_the_auth_sidecar_configuration() {
     let (_dir, _md, layout) = local_tree(1);
     let conf = layout.config_dir().join(dovecot_auth::DOVECOT_AUTH_CONF);

@@ -145,7 +145,7 @@ namespace inbox {{
     auto = subscribe
     special_use = \Archive
   }}
-}}
+{inbox_retention}}}
 
 # --- Quota: counted per user; the limit comes from the users database (unlimited without one)
 mail_plugins {{
@@ -199,6 +199,7 @@ metric mail_delivery {{
 "#,
         name = md.metadata.name.as_deref().unwrap_or(&domain),
         hostname = hostname(spec),
+        inbox_retention = super::continuity::inbox_retention(md),
         cert = tls.join("tls.crt").display(),
         key = tls.join("tls.key").display(),
         ciphers = TLS12_CIPHERS,
