@@ -86,10 +86,17 @@ impl Inputs {
         &self,
         md: &crate::api::MailDomain,
     ) -> Option<Result<String, String>> {
-        let r = md.spec.continuity.as_ref()?.recipients.config_map_ref.as_ref()?;
+        let r = md
+            .spec
+            .continuity
+            .as_ref()?
+            .recipients
+            .config_map_ref
+            .as_ref()?;
         let namespace = md.metadata.namespace.as_deref();
         let cm = self.config_maps.iter().find(|c| {
-            c.metadata.name.as_deref() == Some(&r.name) && c.metadata.namespace.as_deref() == namespace
+            c.metadata.name.as_deref() == Some(&r.name)
+                && c.metadata.namespace.as_deref() == namespace
         });
         Some(match cm {
             None => Err(format!("ConfigMap {} is not in the input", r.name)),

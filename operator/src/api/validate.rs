@@ -10,8 +10,8 @@ use std::time::Duration;
 use once_cell::sync::Lazy;
 use regex::Regex;
 
-use super::mailbox::{MailboxSpec, LOCAL_PART_PATTERN};
 use super::continuity::ContinuitySpec;
+use super::mailbox::{MailboxSpec, LOCAL_PART_PATTERN};
 use super::maildomain::{MailDomainSpec, DNS_NAME_PATTERN};
 use super::quantity;
 
@@ -299,7 +299,10 @@ fn continuity(e: &mut Errors, spec: &MailDomainSpec, c: &ContinuitySpec) {
             if d > max {
                 e.push(
                     field,
-                    format!("{value:?} is longer than the maximum {}h", max.as_secs() / 3600),
+                    format!(
+                        "{value:?} is longer than the maximum {}h",
+                        max.as_secs() / 3600
+                    ),
                 );
             }
         }
@@ -338,8 +341,7 @@ fn continuity(e: &mut Errors, spec: &MailDomainSpec, c: &ContinuitySpec) {
                 field,
                 format!("{host:?} is not a lowercase host name or an IPv4 address"),
             );
-        } else if *host == spec.domain || *host == own_host || spec.alias_domains.contains(host)
-        {
+        } else if *host == spec.domain || *host == own_host || spec.alias_domains.contains(host) {
             e.push(
                 field,
                 format!("{host:?} is this stack's own domain or host: name the provider's inbound servers"),
@@ -347,7 +349,10 @@ fn continuity(e: &mut Errors, spec: &MailDomainSpec, c: &ContinuitySpec) {
         }
     }
     if c.upstream.port == 0 {
-        e.push("spec.continuity.upstream.port", "must be between 1 and 65535");
+        e.push(
+            "spec.continuity.upstream.port",
+            "must be between 1 and 65535",
+        );
     }
     let d = &c.detection;
     if !(2..=300).contains(&d.interval_seconds) {

@@ -67,7 +67,8 @@ pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
     let Some(c) = &md.spec.continuity else {
         return BTreeMap::new();
     };
-    let mut json = serde_json::to_string_pretty(&agent_config(md, c, layout)).expect("serializable");
+    let mut json =
+        serde_json::to_string_pretty(&agent_config(md, c, layout)).expect("serializable");
     json.push('\n');
     let pattern = format!("/[+]{CONTINUITY_COPY_EXTENSION}@/");
     BTreeMap::from([

@@ -53,7 +53,8 @@ fn mail_is_relayed_as_addressed_and_copied_only_for_mailboxes() {
         "submission_recipient_restrictions",
     ] {
         assert!(
-            value(main, key).starts_with("check_recipient_access regexp:{{/[+]postwarden-continuity@/ 550"),
+            value(main, key)
+                .starts_with("check_recipient_access regexp:{{/[+]postwarden-continuity@/ 550"),
             "{key}"
         );
     }
@@ -72,18 +73,42 @@ fn mail_is_relayed_as_addressed_and_copied_only_for_mailboxes() {
 }
 
 #[test]
+fn dns_keeps_the_provider_as_first_mx_and_its_spf_include() {
+    let md = example();
+    assert_eq!(
+        crate::dns::records::mx_hosts(&md.spec),
+        [
+            (10, "contoso-com.mail.protection.outlook.com".to_string()),
+            (20, "mx2.contoso.com".to_string())
+        ]
+    );
+    let records = crate::dns::records::records(&md, &[]);
+    assert!(records
+        .iter()
+        .any(|r| r.record_type == "TXT" && r.value.contains("include:spf.protection.outlook.com")));
+}
+
+#[test]
 fn the_two_transport_maps_differ_only_in_where_copies_go() {
     let md = example();
     let files = continuity::render(&md, &layout(&md));
     let deliver = &files[continuity::TRANSPORT_DELIVER];
     let hold = &files[continuity::TRANSPORT_HOLD];
-    assert!(deliver.contains("/[+]postwarden-continuity@/ lmtp:inet:contoso-com-imap-hl.mail.svc:24"));
+    assert!(
+        deliver.contains("/[+]postwarden-continuity@/ lmtp:inet:contoso-com-imap-hl.mail.svc:24")
+    );
     assert!(hold.contains("/[+]postwarden-continuity@/ retry:4.3.0 "));
     let agent: continuity::AgentConfig =
         serde_json::from_str(&files[continuity::AGENT_CONFIG]).unwrap();
-    assert_eq!(agent.upstreams, ["contoso-com.mail.protection.outlook.com:25"]);
+    assert_eq!(
+        agent.upstreams,
+        ["contoso-com.mail.protection.outlook.com:25"]
+    );
     assert!(agent.verify_tls && !agent.manual && !agent.active);
-    assert_eq!(agent.deliver_map, layout(&md).config_dir().join(continuity::TRANSPORT_DELIVER));
+    assert_eq!(
+        agent.deliver_map,
+        layout(&md).config_dir().join(continuity::TRANSPORT_DELIVER)
+    );
 }
 
 #[test]
@@ -162,7 +187,9 @@ fn recipients_from_the_config_map_are_accepted_and_bad_lines_refused() {
     let missing =
         crate::plan::continuity_recipients(&mut users, Some(&Err("ConfigMap x not found".into())))
             .unwrap_err();
-    assert!(missing.to_string().starts_with("spec.continuity.recipients.configMapRef"));
+    assert!(missing
+        .to_string()
+        .starts_with("spec.continuity.recipients.configMapRef"));
 }
 
 fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {

@@ -238,7 +238,12 @@ fn the_continuity_configuration_passes_the_daemons_checks() {
         layout.continuity_dir().join(continuity::TRANSPORT_MAP),
     )
     .unwrap();
-    run_ok(daemon(&layout, "postfix").arg("-c").arg(&config).arg("check"));
+    run_ok(
+        daemon(&layout, "postfix")
+            .arg("-c")
+            .arg(&config)
+            .arg("check"),
+    );
     for flag in ["-n", "-M"] {
         let out = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg(flag));
         assert!(!out.contains("warning"), "{out}");
@@ -247,7 +252,10 @@ fn the_continuity_configuration_passes_the_daemons_checks() {
     // provider's address relays, nobody may address a copy.
     let map = format!(
         "regexp:{}",
-        layout.continuity_dir().join(continuity::TRANSPORT_MAP).display()
+        layout
+            .continuity_dir()
+            .join(continuity::TRANSPORT_MAP)
+            .display()
     );
     let out = run_ok(
         daemon(&layout, "postmap")

@@ -365,7 +365,11 @@ fn continuity_delivery(
             map(MAP_CONTINUITY_RECIPIENTS)
         ),
     );
-    kv(s, "relay_transport", &format!("{UPSTREAM_TRANSPORT}:{}", c.next_hops().join(", ")));
+    kv(
+        s,
+        "relay_transport",
+        &format!("{UPSTREAM_TRANSPORT}:{}", c.next_hops().join(", ")),
+    );
     // The provider resolves its own aliases and groups: addresses are relayed as given.
     kv(s, "virtual_alias_maps", "");
     kv(s, "recipient_bcc_maps", &map(MAP_CONTINUITY_COPY));
@@ -374,22 +378,41 @@ fn continuity_delivery(
         "transport_maps",
         &format!(
             "regexp:{}",
-            layout.continuity_dir().join(super::continuity::TRANSPORT_MAP).display()
+            layout
+                .continuity_dir()
+                .join(super::continuity::TRANSPORT_MAP)
+                .display()
         ),
     );
     let retention = crate::api::validate::parse_duration(&c.spool_retention)
         .map_or(FALLBACK_SPOOL_RETENTION, |d| d.as_secs());
     kv(s, "maximal_queue_lifetime", &format!("{retention}s"));
-    kv(s, "bounce_queue_lifetime", &format!("{}s", retention.min(5 * 86400)));
+    kv(
+        s,
+        "bounce_queue_lifetime",
+        &format!("{}s", retention.min(5 * 86400)),
+    );
     // Retries while the provider is down: soon at first, then every 10 minutes at most, so
     // the spool drains promptly when it is back (the agent also flushes it then).
     kv(s, "minimal_backoff_time", "60s");
     kv(s, "maximal_backoff_time", "600s");
     kv(s, "queue_run_delay", "60s");
     // Draining a large spool stays gentle with the provider.
-    kv(s, &format!("{UPSTREAM_TRANSPORT}_destination_concurrency_limit"), "4");
-    kv(s, &format!("{UPSTREAM_TRANSPORT}_initial_destination_concurrency"), "2");
-    kv(s, &format!("{UPSTREAM_TRANSPORT}_destination_recipient_limit"), "50");
+    kv(
+        s,
+        &format!("{UPSTREAM_TRANSPORT}_destination_concurrency_limit"),
+        "4",
+    );
+    kv(
+        s,
+        &format!("{UPSTREAM_TRANSPORT}_initial_destination_concurrency"),
+        "2",
+    );
+    kv(
+        s,
+        &format!("{UPSTREAM_TRANSPORT}_destination_recipient_limit"),
+        "50",
+    );
 }
 
 /// Recipient restriction of a continuity domain: nobody addresses an emergency-inbox copy

@@ -84,9 +84,21 @@ mod tests {
         assert!(!a.available);
         assert_eq!(a.since, 15);
         assert_eq!(a.last_reply, "connect to up:25: Connection refused");
-        assert!(!a.observe(Err("up said: 451 4.3.2 Temporary server error (in reply to RCPT TO)"), 0, None, 3, 20));
+        assert!(!a.observe(
+            Err("up said: 451 4.3.2 Temporary server error (in reply to RCPT TO)"),
+            0,
+            None,
+            3,
+            20
+        ));
         assert!(a.last_reply.contains("451 4.3.2"));
-        assert!(a.observe(Ok("up said: 250 2.1.5 Ok (in reply to RCPT TO)"), 0, None, 3, 25));
+        assert!(a.observe(
+            Ok("up said: 250 2.1.5 Ok (in reply to RCPT TO)"),
+            0,
+            None,
+            3,
+            25
+        ));
         assert!(a.available);
         assert_eq!(a.failures, 0);
     }

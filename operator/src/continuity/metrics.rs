@@ -25,6 +25,12 @@ pub struct Metrics {
     pub released: Counter,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("postwarden_continuity");
@@ -126,8 +132,17 @@ mod tests {
             include_str!("../../../charts/postwarden/metrics-continuity.txt"),
             "metrics-continuity.txt",
         );
-        assert!(text.contains("postwarden_continuity_upstream_available 0"), "{text}");
-        assert!(text.contains("postwarden_continuity_spooled_messages 7"), "{text}");
-        assert!(text.contains("postwarden_continuity_probes_total{result=\"failed\"} 1"), "{text}");
+        assert!(
+            text.contains("postwarden_continuity_upstream_available 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postwarden_continuity_spooled_messages 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postwarden_continuity_probes_total{result=\"failed\"} 1"),
+            "{text}"
+        );
     }
 }

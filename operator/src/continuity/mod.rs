@@ -157,7 +157,8 @@ async fn watch(agent: Arc<Agent>) -> anyhow::Result<()> {
         // Back: drain the spool now rather than at each message's next retry. Still deferred
         // by the upstream while the probe passes: retry once per detection window.
         let recovered = availability.available && !was_available;
-        let retry_stale = probe_ref.is_ok() && summary.stale_deferrals > 0 && t - last_flush >= window;
+        let retry_stale =
+            probe_ref.is_ok() && summary.stale_deferrals > 0 && t - last_flush >= window;
         if recovered || retry_stale {
             last_flush = t;
             if let Err(e) = postfix(c, "postqueue", &["-f"], None).await {

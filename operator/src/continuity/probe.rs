@@ -75,7 +75,10 @@ impl Prober {
         smtp.expect_ok("greeting", None).await?;
         let ehlo = format!("EHLO {}", self.ehlo);
         let offered = smtp.expect_ok("EHLO", Some(&ehlo)).await?;
-        if !offered.lines().any(|l| l.get(4..).is_some_and(|k| k.eq_ignore_ascii_case("STARTTLS"))) {
+        if !offered.lines().any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.eq_ignore_ascii_case("STARTTLS"))
+        }) {
             return Err(format!("{upstream} offers no STARTTLS"));
         }
         smtp.expect_ok("STARTTLS", Some("STARTTLS")).await?;
@@ -116,7 +119,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends `line` and reads the (multi-line) reply.
     async fn command(&mut self, line: &str) -> Result<String, String> {
         let write = async {
-            self.io.get_mut().write_all(format!("{line}\r\n").as_bytes()).await?;
+            self.io
+                .get_mut()
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await?;
             self.io.get_mut().flush().await
         };
         tokio::time::timeout(STEP_TIMEOUT, write)
@@ -132,7 +138,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let mut line = String::new();
             let n = tokio::time::timeout(STEP_TIMEOUT, self.io.read_line(&mut line))
                 .await
-                .map_err(|_| format!("{}: no answer to {after} within {}s", self.peer, STEP_TIMEOUT.as_secs()))?
+                .map_err(|_| {
+                    format!(
+                        "{}: no answer to {after} within {}s",
+                        self.peer,
+                        STEP_TIMEOUT.as_secs()
+                    )
+                })?
                 .map_err(|e| format!("{}: {e}", self.peer))?;
             if n == 0 {
                 return Err(format!("{}: connection closed after {after}", self.peer));

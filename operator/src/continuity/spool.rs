@@ -64,7 +64,10 @@ pub fn summarize(messages: &[Message], marker: &str, now: i64, window_seconds: i
             continue;
         }
         s.spooled += 1;
-        s.oldest_spooled = Some(s.oldest_spooled.map_or(m.arrival_time, |o| o.min(m.arrival_time)));
+        s.oldest_spooled = Some(
+            s.oldest_spooled
+                .map_or(m.arrival_time, |o| o.min(m.arrival_time)),
+        );
         if let Some(reason) = upstream.iter().find_map(|r| r.delay_reason.as_deref()) {
             if now - m.arrival_time > window_seconds {
                 s.stale_deferrals += 1;
@@ -106,7 +109,9 @@ mod tests {
         assert_eq!(s.stale_deferrals, 1);
         assert_eq!(
             s.last_reason.as_deref(),
-            Some("host up said: 451 4.3.2 Temporary server error (in reply to end of DATA command)")
+            Some(
+                "host up said: 451 4.3.2 Temporary server error (in reply to end of DATA command)"
+            )
         );
         assert_eq!(s.copies, 3);
         // C3 is in the active queue (being delivered right now): not touched.

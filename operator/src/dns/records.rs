@@ -54,9 +54,23 @@ impl Records {
 }
 
 /// The mail exchangers, as (preference, host): the primary region's host at 10, the
-/// secondary's at 20.
+/// secondary's at 20; with continuity the provider's hosts first and this stack at 20.
 pub fn mx_hosts(spec: &MailDomainSpec) -> Vec<(u16, String)> {
     let own = spec.mail_hostname();
+    if let Some(c) = &spec.continuity {
+        // The provider stays the first MX (10, 11, ...); this stack is the secondary at 20.
+        // An upstream given as an IP address is no MX target and is left out.
+        let mut hosts: Vec<(u16, String)> = c
+            .upstream
+            .hosts
+            .iter()
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+            .zip(10u16..)
+            .map(|(h, p)| (p, h.to_ascii_lowercase()))
+            .collect();
+        hosts.push((20, own));
+        return hosts;
+    }
     match (spec.region.role, spec.region.peer_hostname.clone()) {
         (RegionRole::Primary, None) => vec![(10, own)],
         (RegionRole::Primary, Some(peer)) => vec![(10, own), (20, peer)],

@@ -29,7 +29,10 @@ pub fn build_mta(domain: &Domain) -> NetworkPolicy {
         Component::Mta,
         vec![
             open(&service::smtp_ports(&ports)),
-            from(metrics_peers(domain), &service::mta_metrics_ports(domain.spec, &ports)),
+            from(
+                metrics_peers(domain),
+                &service::mta_metrics_ports(domain.spec, &ports),
+            ),
         ],
     )
 }

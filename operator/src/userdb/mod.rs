@@ -99,7 +99,9 @@ impl UsersDb {
         add_sharded(
             &mut self.maps,
             MAP_CONTINUITY_RECIPIENTS,
-            keys.iter().map(|k| (k.as_str(), "OK".to_string())).collect(),
+            keys.iter()
+                .map(|k| (k.as_str(), "OK".to_string()))
+                .collect(),
         );
         bad
     }
