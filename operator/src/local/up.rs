@@ -438,6 +438,15 @@ fn print_ready(
     for (ordinal, ports) in imap {
         println!("  IMAP #{ordinal}     {ports}");
     }
+    if let Some(c) = &md.spec.continuity {
+        println!(
+            "  continuity  upstream {} port {}; state http://{}:{}/status",
+            c.upstream.hosts.join(", "),
+            c.upstream.port,
+            layout.listen,
+            p.continuity_metrics
+        );
+    }
     println!("  trust       {}", dir.join(ready::CA_CRT).display());
     println!("  DNS records {}", dir.join(ready::DNS_TXT).display());
     println!("  logs        {}", dir.join("var/log").display());
