@@ -154,11 +154,15 @@ async fn watch(agent: Arc<Agent>) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "switching local delivery failed"),
             }
         }
-        // Back: drain the spool now rather than at each message's next retry. Still deferred
-        // by the upstream while the probe passes: retry once per detection window.
+        // Back: drain the spool now rather than at each message's next retry. Unavailable only
+        // because the upstream keeps deferring messages while the probe passes: retry them once
+        // per detection window, which ends the outage as soon as it takes them. (While the
+        // upstream is available, deferred messages keep Postfix's own backoff.)
         let recovered = availability.available && !was_available;
-        let retry_stale =
-            probe_ref.is_ok() && summary.stale_deferrals > 0 && t - last_flush >= window;
+        let retry_stale = !availability.available
+            && probe_ref.is_ok()
+            && summary.stale_deferrals > 0
+            && t - last_flush >= window;
         if recovered || retry_stale {
             last_flush = t;
             if let Err(e) = postfix(c, "postqueue", &["-f"], None).await {
