@@ -4,6 +4,7 @@
 //! status) → the pure layers ([`resources`], [`config`], [`pki`], [`dkim`], [`dns`], [`userdb`])
 //! that turn specs into Kubernetes objects and daemon configuration without any I/O.
 
+pub mod agent;
 pub mod api;
 pub mod backup;
 pub mod config;

@@ -90,11 +90,6 @@ pub fn render(md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
 }
 
 fn agent_config(md: &MailDomain, c: &ContinuitySpec, layout: &Layout) -> AgentConfig {
-    let listen = if layout.listen == "*" {
-        "0.0.0.0"
-    } else {
-        layout.listen.as_str()
-    };
     let config = layout.config_dir();
     AgentConfig {
         domain: md.spec.domain.to_ascii_lowercase(),
@@ -116,7 +111,7 @@ fn agent_config(md: &MailDomain, c: &ContinuitySpec, layout: &Layout) -> AgentCo
         deliver_map: config.join(TRANSPORT_DELIVER),
         hold_map: config.join(TRANSPORT_HOLD),
         copy_extension: CONTINUITY_COPY_EXTENSION.to_string(),
-        metrics_listen: format!("{listen}:{}", layout.ports.continuity_metrics),
+        metrics_listen: layout.agent_listen(layout.ports.continuity_metrics),
     }
 }
 

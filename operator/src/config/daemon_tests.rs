@@ -140,25 +140,35 @@ pub(crate) fn local_tree(replicas: usize) -> (Option<tempfile::TempDir>, MailDom
     (Some(dir), md, layout)
 }
 
-#[test]
-fn postfix_accepts_the_rendered_configuration() {
-    let (_dir, _md, layout) = local_tree(2);
-    fs::create_dir_all(layout.queue_dir()).unwrap();
-    fs::create_dir_all(layout.postfix_data_dir()).unwrap();
-    fs::create_dir_all(layout.log_dir.as_ref().unwrap()).unwrap();
+/// `postfix check` and `postconf -n`/`-M` without a warning on the rendered configuration (the
+/// queue, data and log directories created first). `postfix check` is silent without a tty; its
+/// exit status is what counts. postconf reports unknown parameters and syntax errors of main.cf
+/// and master.cf.
+fn assert_postfix_accepts(layout: &Layout) {
+    for d in [
+        layout.queue_dir(),
+        layout.postfix_data_dir(),
+        layout.log_dir.clone().expect("local layouts log to files"),
+    ] {
+        fs::create_dir_all(d).unwrap();
+    }
     let config = layout.config_dir();
-    // `postfix check` is silent without a tty; its exit status is what counts. postconf -n
-    // reports unknown parameters and syntax errors of main.cf and master.cf.
     run_ok(
-        daemon(&layout, "postfix")
+        daemon(layout, "postfix")
             .arg("-c")
             .arg(&config)
             .arg("check"),
     );
-    let warnings = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg("-n"));
-    assert!(!warnings.contains("warning"), "{warnings}");
-    let master = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg("-M"));
-    assert!(!master.contains("warning"), "{master}");
+    for flag in ["-n", "-M"] {
+        let out = run_ok(daemon(layout, "postconf").arg("-c").arg(&config).arg(flag));
+        assert!(!out.contains("warning"), "{out}");
+    }
+}
+
+#[test]
+fn postfix_accepts_the_rendered_configuration() {
+    let (_dir, _md, layout) = local_tree(2);
+    assert_postfix_accepts(&layout);
 }
 
 #[test]
@@ -190,20 +200,8 @@ fn every_option_variant_passes_the_daemons_checks() {
     md.spec.region.peer_hostname = Some("mx1.example.com".into());
     let layout = Layout::local(dir.path(), free_port_base(1), 1);
     write_tree(&md, &layout, &quickstart_mailboxes());
-    fs::create_dir_all(layout.queue_dir()).unwrap();
-    fs::create_dir_all(layout.postfix_data_dir()).unwrap();
-    fs::create_dir_all(layout.log_dir.as_ref().unwrap()).unwrap();
+    assert_postfix_accepts(&layout);
     let config = layout.config_dir();
-    run_ok(
-        daemon(&layout, "postfix")
-            .arg("-c")
-            .arg(&config)
-            .arg("check"),
-    );
-    for flag in ["-n", "-M"] {
-        let out = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg(flag));
-        assert!(!out.contains("warning"), "{out}");
-    }
     let conf = config.join(dovecot::instance_file_name(0));
     let out = run_ok(daemon(&layout, "doveconf").arg("-c").arg(&conf).arg("-n"));
     assert!(out.contains("haproxy = yes"), "{out}");
@@ -224,30 +222,15 @@ fn the_continuity_configuration_passes_the_daemons_checks() {
     let md = super::testing::continuity_inputs().domains.remove(0);
     let layout = Layout::local(dir.path(), free_port_base(1), 1);
     write_tree(&md, &layout, &quickstart_mailboxes());
-    for d in [
-        layout.queue_dir(),
-        layout.postfix_data_dir(),
-        layout.log_dir.clone().unwrap(),
-        layout.continuity_dir(),
-    ] {
-        fs::create_dir_all(d).unwrap();
-    }
+    // What the MTA entrypoint does before Postfix starts: the holding transport map in place.
     let config = layout.config_dir();
+    fs::create_dir_all(layout.continuity_dir()).unwrap();
     fs::copy(
         config.join(continuity::TRANSPORT_HOLD),
         layout.continuity_dir().join(continuity::TRANSPORT_MAP),
     )
     .unwrap();
-    run_ok(
-        daemon(&layout, "postfix")
-            .arg("-c")
-            .arg(&config)
-            .arg("check"),
-    );
-    for flag in ["-n", "-M"] {
-        let out = run_ok(daemon(&layout, "postconf").arg("-c").arg(&config).arg(flag));
-        assert!(!out.contains("warning"), "{out}");
-    }
+    assert_postfix_accepts(&layout);
     // The maps answer as the design says: a copy address goes to the held transport, the
     // provider's address relays, nobody may address a copy.
     let map = format!(

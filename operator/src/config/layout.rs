@@ -306,6 +306,16 @@ impl Layout {
     pub fn run_dir(&self) -> PathBuf {
         self.under("run/postwarden")
     }
+    /// `address:port` an agent binds its HTTP listener to: every address in pods, the
+    /// layout's own locally.
+    pub fn agent_listen(&self, port: u16) -> String {
+        let address = if self.listen == "*" {
+            "0.0.0.0"
+        } else {
+            self.listen.as_str()
+        };
+        format!("{address}:{port}")
+    }
     /// The continuity agent's state (which way emergency-inbox copies go, the upstream's last
     /// answers), on the queue volume so it outlives the pod like the spool it describes.
     pub fn continuity_dir(&self) -> PathBuf {

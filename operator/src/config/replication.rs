@@ -116,11 +116,6 @@ pub fn render(_md: &MailDomain, layout: &Layout) -> BTreeMap<String, String> {
 
 /// The agent configuration of one instance.
 pub fn agent_config(layout: &Layout, inst: &ImapInstance) -> AgentConfig {
-    let listen = if layout.listen == "*" {
-        "0.0.0.0"
-    } else {
-        layout.listen.as_str()
-    };
     AgentConfig {
         name: instance_name(inst.ordinal),
         dovecot_config: layout
@@ -141,7 +136,7 @@ pub fn agent_config(layout: &Layout, inst: &ImapInstance) -> AgentConfig {
                 syncs: inst.ordinal < *ordinal,
             })
             .collect(),
-        metrics_listen: format!("{listen}:{}", inst.ports.replication_metrics),
+        metrics_listen: layout.agent_listen(inst.ports.replication_metrics),
         sweep_interval_seconds: SWEEP_INTERVAL_SECONDS,
     }
 }

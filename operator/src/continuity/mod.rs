@@ -44,11 +44,8 @@ pub struct Status {
 
 /// Reads the configuration and runs until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: AgentConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
-    crate::replicate::init_logging();
+    let config: AgentConfig = crate::agent::read_config(config_path)?;
+    crate::agent::init_logging();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -209,10 +206,7 @@ async fn probe_all(agent: &Agent) -> Outcome {
 async fn switch(c: &AgentConfig, deliver: bool) -> anyhow::Result<()> {
     let source = if deliver { &c.deliver_map } else { &c.hold_map };
     let text = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-    let target = c.state_dir.join(TRANSPORT_MAP);
-    let tmp = c.state_dir.join(format!(".{TRANSPORT_MAP}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &target)?;
+    crate::agent::write_atomic(&c.state_dir.join(TRANSPORT_MAP), &text)?;
     postfix(c, "postfix", &["reload"], None).await?;
     if deliver {
         // The reload restarts the queue manager and trivial-rewrite, which read the new map.
@@ -234,9 +228,7 @@ fn persist(file: &Path, availability: &Availability) -> anyhow::Result<()> {
     if std::fs::read(file).ok().as_deref() == Some(json.as_slice()) {
         return Ok(());
     }
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(tmp, file)?;
+    crate::agent::write_atomic(file, &json)?;
     Ok(())
 }
 

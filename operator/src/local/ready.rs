@@ -1,7 +1,6 @@
 //! What `local up` leaves in DIR once every daemon listens, for people and tests to read.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -27,9 +26,4 @@ pub struct Ready {
     pub ports: BTreeMap<String, u16>,
 }
 
-/// Writes a file atomically (write to a temporary name, then rename).
-pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(tmp, path)
-}
+pub use crate::agent::write_atomic;

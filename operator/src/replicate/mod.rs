@@ -65,28 +65,13 @@ struct Agent {
 
 /// Reads the configuration and runs until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: AgentConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
-    init_logging();
+    let config: AgentConfig = crate::agent::read_config(config_path)?;
+    crate::agent::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(serve(config))
-}
-
-/// Logs of the agents: plain lines on stderr, filtered by `POSTWARDEN_LOG` (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTWARDEN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
