@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub const MANAGER: &str = "postwarden";
 /// Label holding the owning MailDomain's name; the selector for orphan cleanup.
 pub const DOMAIN_LABEL: &str = "postwarden.dev/maildomain";
+/// Label naming the part of the stack an object belongs to ([`Component`]).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Annotation on pod templates carrying the checksum of their configuration, so a config change rolls the pods.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "postwarden.dev/config-checksum";
 
@@ -139,10 +141,7 @@ pub fn selector_labels(maildomain: &str, component: Component) -> BTreeMap<Strin
             "app.kubernetes.io/instance".to_string(),
             maildomain.to_string(),
         ),
-        (
-            "app.kubernetes.io/component".to_string(),
-            component.as_str().to_string(),
-        ),
+        (COMPONENT_LABEL.to_string(), component.as_str().to_string()),
         (DOMAIN_LABEL.to_string(), maildomain.to_string()),
     ])
 }

@@ -10,12 +10,15 @@ pub const DEGRADED: &str = "Degraded";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
 pub const DKIM_READY: &str = "DkimReady";
 pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+pub const UPSTREAM_AVAILABLE: &str = "UpstreamAvailable";
 
 /// A condition to set, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired<'a> {
     pub type_: &'a str,
     pub status: bool,
+    /// The status cannot be told (written as "Unknown"; `status` is then ignored).
+    pub unknown: bool,
     pub reason: &'a str,
     pub message: String,
 }
@@ -25,24 +28,33 @@ impl<'a> Desired<'a> {
         Self {
             type_,
             status,
+            unknown: false,
             reason,
             message: message.into(),
         }
     }
-}
 
-fn status_str(status: bool) -> &'static str {
-    if status {
-        "True"
-    } else {
-        "False"
+    /// A condition whose status cannot be told right now.
+    pub fn unknown(type_: &'a str, reason: &'a str, message: impl Into<String>) -> Self {
+        Self {
+            unknown: true,
+            ..Self::new(type_, false, reason, message)
+        }
+    }
+
+    fn status_str(&self) -> &'static str {
+        match (self.unknown, self.status) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        }
     }
 }
 
 /// Sets `desired` in `conditions`: the transition time moves only when the status flips, and
 /// an unchanged condition is left exactly as it was.
 pub fn set(conditions: &mut Vec<Condition>, desired: Desired<'_>, generation: i64, now: Timestamp) {
-    let status = status_str(desired.status);
+    let status = desired.status_str();
     match conditions.iter_mut().find(|c| c.type_ == desired.type_) {
         Some(existing) => {
             if existing.status != status {

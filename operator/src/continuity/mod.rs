@@ -11,6 +11,7 @@
 
 pub mod detector;
 pub mod metrics;
+pub mod observe;
 pub mod probe;
 pub mod spool;
 
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use crate::config::continuity::{AgentConfig, STATE_FILE, TRANSPORT_MAP};
@@ -28,8 +29,9 @@ use detector::Availability;
 use metrics::Metrics;
 use probe::{Outcome, Prober};
 
-/// What `/status` answers.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+/// What `/status` answers (the operator reads it into the MailDomain's status, see
+/// [`observe`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub upstream_available: bool,

@@ -31,7 +31,7 @@ use super::mapping::{
 };
 use super::metrics::Metrics;
 use crate::api::{MailDomain, Mailbox};
-use crate::names::{Component, DOMAIN_LABEL};
+use crate::names::{Component, COMPONENT_LABEL, DOMAIN_LABEL};
 
 pub type DomainObj = DeserializeGuard<MailDomain>;
 pub type MailboxObj = DeserializeGuard<Mailbox>;
@@ -46,7 +46,8 @@ pub struct Stores {
     pub statefulsets: Store<StatefulSet>,
     /// Jobs and Pods of the backup CronJobs (their results feed `status.lastBackup`).
     pub backup_jobs: Store<Job>,
-    pub backup_pods: Store<Pod>,
+    /// Pods of backup runs and MTA pods.
+    pub pods: Store<Pod>,
     children: Arc<HashMap<ChildKind, MetaStore>>,
     pub secret_index: Arc<RwLock<SecretIndex>>,
     pub secret_data: Arc<SecretCache>,
@@ -60,7 +61,7 @@ impl Stores {
         self.secrets.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
         self.backup_jobs.wait_until_ready().await?;
-        self.backup_pods.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
         for store in self.children.values() {
             store.wait_until_ready().await?;
         }
@@ -132,28 +133,31 @@ impl Stores {
 
     /// The backup Jobs and their Pods of `namespace/domain`.
     pub fn backup_runs(&self, namespace: &str, domain: &str) -> (Vec<Job>, Vec<Pod>) {
-        let mine = |m: &ObjectMeta| {
-            m.namespace.as_deref() == Some(namespace)
-                && m.labels
-                    .as_ref()
-                    .and_then(|l| l.get(DOMAIN_LABEL))
-                    .is_some_and(|d| d == domain)
-        };
         let jobs = self
             .backup_jobs
             .state()
             .iter()
-            .filter(|j| mine(&j.metadata))
+            .filter(|j| of_domain(&j.metadata, namespace, domain))
             .map(|j| (**j).clone())
             .collect();
-        let pods = self
-            .backup_pods
+        (jobs, self.pods_of(namespace, domain, Component::Backup))
+    }
+
+    /// The Pods of `component` (backup runs, MTA pods) of `namespace/domain`.
+    pub fn pods_of(&self, namespace: &str, domain: &str, component: Component) -> Vec<Pod> {
+        self.pods
             .state()
             .iter()
-            .filter(|p| mine(&p.metadata))
+            .filter(|p| {
+                of_domain(&p.metadata, namespace, domain)
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(COMPONENT_LABEL))
+                        .is_some_and(|c| c == component.as_str())
+            })
             .map(|p| (**p).clone())
-            .collect();
-        (jobs, pods)
+            .collect()
     }
 
     pub fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
@@ -351,20 +355,26 @@ pub fn build(
         secrets: secret_writer.as_reader(),
         statefulsets: sts_writer.as_reader(),
         backup_jobs: job_writer.as_reader(),
-        backup_pods: pod_writer.as_reader(),
+        pods: pod_writer.as_reader(),
         children: Arc::new(child_stores),
         secret_index: secret_index.clone(),
         secret_data: secret_data.clone(),
     };
 
     // Backup Jobs (a finished run updates the domain's status) and their Pods (for the result
-    // line each leaves as its termination message).
+    // line each leaves as its termination message); MTA pods (their continuity agents report
+    // the upstream's availability).
     {
         let backup_selector = watcher::Config::default().labels(&format!(
-            "{DOMAIN_LABEL},app.kubernetes.io/component={}",
+            "{DOMAIN_LABEL},{COMPONENT_LABEL}={}",
             Component::Backup.as_str()
         ));
-        let stream = watcher(api::<Job>(client, namespace), backup_selector.clone())
+        let pod_selector = watcher::Config::default().labels(&format!(
+            "{DOMAIN_LABEL},{COMPONENT_LABEL} in ({},{})",
+            Component::Backup.as_str(),
+            Component::Mta.as_str()
+        ));
+        let stream = watcher(api::<Job>(client, namespace), backup_selector)
             .modify(slim)
             .default_backoff();
         let tx = tx.clone();
@@ -376,7 +386,7 @@ pub fn build(
             })
             .boxed(),
         );
-        let stream = watcher(api::<Pod>(client, namespace), backup_selector)
+        let stream = watcher(api::<Pod>(client, namespace), pod_selector)
             .modify(slim)
             .default_backoff();
         tasks.push(drive("Pod", reflector::reflector(pod_writer, stream), |_| {}).boxed());
@@ -623,6 +633,15 @@ pub fn build(
 
 /// Drops what the operator never reads from cached objects: `managedFields`, and kubectl's
 /// last-applied annotation (a full copy of the object — for a Secret, its data).
+/// Whether an object is labelled as one of `namespace/domain`'s.
+fn of_domain(m: &ObjectMeta, namespace: &str, domain: &str) -> bool {
+    m.namespace.as_deref() == Some(namespace)
+        && m.labels
+            .as_ref()
+            .and_then(|l| l.get(DOMAIN_LABEL))
+            .is_some_and(|d| d == domain)
+}
+
 fn slim<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;

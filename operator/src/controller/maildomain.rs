@@ -20,11 +20,14 @@ use tracing::Instrument;
 
 use super::apply;
 use super::context::Context;
+use super::continuity;
 use super::desired::{MailboxInput, Resolved, SecretBytes};
 use super::error::Error;
 use super::informers::{DomainObj, MailboxObj};
 use super::kinds::ChildKind;
-use super::status::{self, reason, Backups, DomainObservation, MailboxState, Outcome, Workload};
+use super::status::{
+    self, reason, Backups, DomainObservation, MailboxState, Outcome, Upstream, Workload,
+};
 use crate::api::conditions;
 use crate::api::{validate, MailDomain, Mailbox};
 use crate::names::DomainNames;
@@ -220,6 +223,10 @@ async fn reconcile_domain(
         })
         .collect();
     let backup = observe_backups(ctx, md, namespace, name, now);
+    let upstream = match continuity::observe(ctx, md, namespace, name).await {
+        Some(condition) => Upstream::Observed(condition),
+        None => Upstream::NotConfigured,
+    };
     let obs = DomainObservation {
         outcome: Outcome::Applied {
             workloads,
@@ -233,6 +240,7 @@ async fn reconcile_domain(
             Some(o) => Backups::Observed(Box::new(o.clone())),
             None => Backups::NotConfigured,
         },
+        upstream,
     };
     write_status(ctx, md, obs).await?;
     if let Some(o) = backup {
@@ -253,7 +261,10 @@ async fn reconcile_domain(
         total_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
-    let wait = status::requeue_after(now, desired.scheduled.iter().copied(), ctx.resync);
+    let mut wait = status::requeue_after(now, desired.scheduled.iter().copied(), ctx.resync);
+    if let Some(poll) = continuity::poll_interval(md) {
+        wait = wait.min(poll);
+    }
     Ok(Action::requeue(wait))
 }
 
@@ -546,6 +557,11 @@ async fn write_status(ctx: &Context, md: &MailDomain, obs: DomainObservation) ->
             )
             .await;
         }
+    }
+    if let Some(e) = crate::continuity::observe::event(before, after) {
+        let type_ = event_type(e.warning);
+        ctx.publish(&md.object_ref(&()), type_, e.reason, "Continuity", e.note)
+            .await;
     }
     if let Some(e) = served.and_then(|c| status::certificate_event(before, after, &c, now)) {
         let type_ = event_type(e.warning);

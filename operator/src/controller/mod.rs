@@ -16,6 +16,7 @@ pub mod apply;
 pub mod backoff;
 pub mod claims;
 pub mod context;
+pub mod continuity;
 pub mod desired;
 pub mod error;
 pub mod http;

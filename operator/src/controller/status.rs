@@ -82,6 +82,16 @@ pub enum Backups {
     Observed(Box<crate::backup::observe::Observation>),
 }
 
+/// What is known about the continuity upstream in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Upstream {
+    /// Not looked at: UpstreamAvailable stays as it is.
+    Unchanged,
+    /// The spec has no continuity: UpstreamAvailable is removed.
+    NotConfigured,
+    Observed(Desired<'static>),
+}
+
 /// Everything a MailDomain status is computed from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DomainObservation {
@@ -92,6 +102,7 @@ pub struct DomainObservation {
     pub dkim: Option<DkimStatus>,
     pub dns_records: Option<Vec<DnsRecord>>,
     pub backups: Backups,
+    pub upstream: Upstream,
 }
 
 impl DomainObservation {
@@ -103,6 +114,7 @@ impl DomainObservation {
             dkim: None,
             dns_records: None,
             backups: Backups::Unchanged,
+            upstream: Upstream::Unchanged,
         }
     }
 }
@@ -311,6 +323,11 @@ pub fn domain_status(
                 status.last_backup = o.last_backup;
             }
         }
+    }
+    match obs.upstream {
+        Upstream::Unchanged => {}
+        Upstream::NotConfigured => c.retain(|c| c.type_ != conditions::UPSTREAM_AVAILABLE),
+        Upstream::Observed(d) => conditions::set(c, d, generation, now),
     }
     if obs.mailboxes.is_some() {
         status.mailboxes = obs.mailboxes;

@@ -18,23 +18,30 @@ use crate::names::Component;
 /// (label the Prometheus pods with it).
 pub const METRICS_SCRAPER_LABEL: &str = "postwarden.dev/metrics-scraper";
 
-/// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; the queue exporter's and
-/// Rspamd's metrics from this domain's pods and metrics scrapers; the milter (a UNIX socket)
-/// and the auth sidecar (loopback) are out of the network's reach and get no rule.
+/// The label (`"true"`) of the operator's pods (the chart sets it): they read the continuity
+/// agents' `/status`.
+pub const OPERATOR_LABEL: &str = "postwarden.dev/operator";
+
+/// NetworkPolicy `<md>-mta`: SMTP and submission from anywhere; the queue exporter's,
+/// Rspamd's and the continuity agent's metrics from this domain's pods and metrics scrapers,
+/// the continuity agent's port also from the operator; the milter (a UNIX socket) and the auth
+/// sidecar (loopback) are out of the network's reach and get no rule.
 pub fn build_mta(domain: &Domain) -> NetworkPolicy {
     let ports = domain.layout().ports;
-    policy(
-        domain,
-        domain.names.mta(),
-        Component::Mta,
-        vec![
-            open(&service::smtp_ports(&ports)),
-            from(
-                metrics_peers(domain),
-                &service::mta_metrics_ports(domain.spec, &ports),
-            ),
-        ],
-    )
+    let mut rules = vec![
+        open(&service::smtp_ports(&ports)),
+        from(
+            metrics_peers(domain),
+            &service::mta_metrics_ports(domain.spec, &ports),
+        ),
+    ];
+    if domain.spec.continuity.is_some() {
+        rules.push(from(
+            vec![labelled(OPERATOR_LABEL)],
+            &[service::continuity_metrics_port(&ports)],
+        ));
+    }
+    policy(domain, domain.names.mta(), Component::Mta, rules)
 }
 
 /// NetworkPolicy `<md>-imap`: IMAP and IMAPS from anywhere; LMTP from the MTA pods;
@@ -129,15 +136,19 @@ fn metrics_peers(domain: &Domain) -> Vec<NetworkPolicyPeer> {
         }),
         ..NetworkPolicyPeer::default()
     };
-    let scrapers = NetworkPolicyPeer {
+    vec![own, labelled(METRICS_SCRAPER_LABEL)]
+}
+
+/// Pods in any namespace with `label: "true"`.
+fn labelled(label: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector::default()),
         pod_selector: Some(LabelSelector {
-            match_labels: Some([(METRICS_SCRAPER_LABEL.to_string(), "true".to_string())].into()),
+            match_labels: Some([(label.to_string(), "true".to_string())].into()),
             ..LabelSelector::default()
         }),
         ..NetworkPolicyPeer::default()
-    };
-    vec![own, scrapers]
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +172,8 @@ mod tests {
                     .map(|l| {
                         if l.contains_key(METRICS_SCRAPER_LABEL) {
                             "scraper".to_string()
+                        } else if l.contains_key(OPERATOR_LABEL) {
+                            "operator".to_string()
                         } else {
                             l.get("app.kubernetes.io/component")
                                 .cloned()
@@ -207,5 +220,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_operator_reaches_only_the_continuity_agent() {
+        let plain = testing::quickstart_domain();
+        let mta = rules(&build_mta(&testing::domain(&plain)));
+        assert!(mta.iter().all(|r| !r.2.contains(&"operator".to_string())));
+        let mut md = testing::quickstart_domain();
+        md.spec.continuity = Some(
+            serde_json::from_value(serde_json::json!({
+                "upstream": {"hosts": ["example-com.mail.protection.outlook.com"]}
+            }))
+            .unwrap(),
+        );
+        let mta = rules(&build_mta(&testing::domain(&md)));
+        let peers = |port: i32| -> Vec<Vec<String>> {
+            mta.iter()
+                .filter(|r| r.0 == port)
+                .map(|r| r.2.clone())
+                .collect()
+        };
+        assert_eq!(peers(9902), [vec!["domain", "scraper"], vec!["operator"]]);
+        assert_eq!(peers(9154), [vec!["domain", "scraper"]]);
     }
 }
