@@ -615,3 +615,117 @@ def test_claims_the_storage_class_cannot_grow_are_reported_and_the_rest_applies(
     kept = kube.get("StatefulSet", ns, f"{DOMAIN}-imap")
     assert kept["metadata"]["uid"] == imap["metadata"]["uid"], "not recreated"
     assert kept["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_upstream_availability_from_the_continuity_agents_reaches_the_status(cluster, ns, operator, tmp_path):
+    """Continuity: the operator reads each MTA pod's continuity agent (the real agent, on the pod's
+    address) and reports the upstream as the UpstreamAvailable condition, with an Event when an
+    outage starts and one when it ends, and nothing written while nothing changes."""
+    if not cluster.local:
+        pytest.skip("the agents run on this machine, at the simulated pods' addresses")
+    import json
+    import subprocess
+
+    from harness import operator_binary
+    from smtp_standin import DEFER, Upstream
+
+    kube = cluster.kube
+    docs = quickstart(ns)
+    md = next(d for d in docs if d["kind"] == "MailDomain")
+    md["spec"]["continuity"] = {"upstream": {"hosts": ["example-com.mail.protection.outlook.com"]},
+                                "detection": {"intervalSeconds": 2, "failureThreshold": 1}}
+    apply_all(kube, docs)
+    converge(cluster, ns)
+    pods = sorted(p["metadata"]["name"] for p in kube.list("Pod", ns, labels=f"{DOMAIN_LABEL}={DOMAIN},"
+                                                                          "app.kubernetes.io/component=mta"))
+    assert pods == [f"{DOMAIN}-mta-0", f"{DOMAIN}-mta-1"], pods
+    config = json.loads(kube.get("ConfigMap", ns, f"{DOMAIN}-mta-config")["data"]["continuity.json"])
+    port = int(config["metricsListen"].rsplit(":", 1)[1])
+    assert port == 9902
+
+    upstream = Upstream(tmp_path)
+    agents = []
+    try:
+        # Each pod gets a loopback address of its own (the simulated nodes run nothing), and an
+        # agent from the rendered configuration listens there, probing the stand-in upstream.
+        subnet = 1 + int(ns.rsplit("-", 1)[1], 16) % 250
+        for i, pod in enumerate(pods):
+            ip = f"127.77.{subnet}.{10 + i}"
+            kube.merge_patch("Pod", ns, pod, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}, subresource="status")
+            state = tmp_path / pod
+            state.mkdir()
+            for key in ("continuity-deliver.regexp", "continuity-hold.regexp"):
+                (state / key).write_text(kube.get("ConfigMap", ns, f"{DOMAIN}-mta-config")["data"][key])
+            c = dict(config, metricsListen=f"{ip}:{port}", upstreams=[f"127.0.0.1:{upstream.port}"],
+                     verifyTls=False, postfixConfig=str(state), stateDir=str(state),
+                     deliverMap=str(state / "continuity-deliver.regexp"), holdMap=str(state / "continuity-hold.regexp"))
+            (state / "continuity.json").write_text(json.dumps(c))
+            log = open(state / "agent.log", "wb")
+            agents.append(subprocess.Popen([str(operator_binary()), "continuity", "--config", str(state / "continuity.json")],
+                                           stdout=log, stderr=subprocess.STDOUT))
+
+        seen: list = []
+
+        def upstream_condition(status: str, reason: str, *fragments: str):
+            def check():
+                c = condition(kube.get("MailDomain", ns, DOMAIN), "UpstreamAvailable")
+                seen.append(c)
+                return c if c and c["status"] == status and c["reason"] == reason and \
+                    all(f in c["message"] for f in fragments) else None
+            try:
+                return wait_for(f"UpstreamAvailable={status} ({reason})", check, timeout=60, interval=0.5)
+            except AssertionError as e:
+                logs = "\n".join((tmp_path / p / "agent.log").read_text()[-2000:] for p in pods)
+                raise AssertionError(f"{e}; the condition was {seen[-1] if seen else None}; agents:\n{logs}") from None
+
+        def upstream_events() -> list[tuple[str, str, str]]:
+            return sorted((e["type"], e["reason"], event_note(e)) for e in events_about(kube, ns, DOMAIN)
+                          if e["reason"] in ("UpstreamUnavailable", "UpstreamAvailable"))
+
+        up = upstream_condition("True", "UpstreamAnswering", "250 2.1.5 Recipient OK")
+        assert upstream_events() == [], "a healthy start records no Event"
+
+        # Steady state: the agents keep answering the same; the operator writes nothing.
+        time.sleep(2)
+        cluster.reset_writes()
+        sleep_until(time.monotonic() + 3 * RESYNC_SECONDS + 1)
+        assert without_leases(cluster.operator_writes()) in ({}, None), \
+            f"writes while the upstream kept answering: {cluster.operator_writes()}"
+        assert condition(kube.get("MailDomain", ns, DOMAIN), "UpstreamAvailable") == up
+
+        # The provider answers 451 4.3.2: unavailable, seen by both pods, one Warning.
+        upstream.deferring = True
+        started = time.monotonic()
+        down = upstream_condition("False", "UpstreamUnavailable", DEFER, "seen by " + ", ".join(pods))
+        print(f"outage in the status after {time.monotonic() - started:.1f} s: {down['message']}")
+        warnings = wait_for("the outage Event", lambda: [e for e in upstream_events() if e[0] == "Warning"] or None)
+        assert len(warnings) == 1 and warnings[0][1] == "UpstreamUnavailable" and DEFER in warnings[0][2], warnings
+        # The provider stops listening: still the same outage (no second Event), the newest reply.
+        upstream.close()
+        upstream_condition("False", "UpstreamUnavailable", "Connection refused")
+        time.sleep(2 * RESYNC_SECONDS)
+        assert [e for e in upstream_events() if e[0] == "Warning"] == warnings
+        assert condition(kube.get("MailDomain", ns, DOMAIN), "UpstreamAvailable")["lastTransitionTime"] == \
+            down["lastTransitionTime"]
+
+        # Back (a new listener on the same port): available, one Normal Event.
+        upstream.deferring = False
+        upstream.listen()
+        started = time.monotonic()
+        back = upstream_condition("True", "UpstreamAnswering", "250 2.1.5 Recipient OK")
+        print(f"recovery in the status after {time.monotonic() - started:.1f} s: {back['message']}")
+        normal = wait_for("the recovery Event", lambda: [e for e in upstream_events() if e[0] == "Normal"] or None)
+        assert [e[1] for e in normal] == ["UpstreamAvailable"], normal
+
+        # No agent answers: Unknown, with why.
+        for a in agents:
+            a.terminate()
+            a.wait(10)
+        upstream_condition("Unknown", "AgentsUnreachable", "no continuity agent answered", "Connection refused")
+        for a in agents:
+            assert a.returncode == 0, (tmp_path / pods[0] / "agent.log").read_text()
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+        upstream.close()

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Availability {
     pub available: bool,
-    /// The reply (or error) that decided the last change, and the latest one while unavailable.
+    /// The latest reply (or error) that counted: the probe's, or while the upstream keeps
+    /// deferring messages, the queue's reason.
     pub last_reply: String,
     /// Unix time of the last change.
     pub since: i64,
@@ -55,9 +56,7 @@ impl Availability {
             self.available = available;
             self.since = now;
         }
-        if changed || !available {
-            self.last_reply = reply.to_string();
-        }
+        self.last_reply = reply.to_string();
         changed
     }
 }
