@@ -134,6 +134,27 @@ class Stack:
             self.process.kill()
             return self.process.wait()
 
+    def restart_mta(self):
+        """Restarts Postfix alone (SIGUSR1 to `local up`) and waits until it listens again;
+        Dovecot and Rspamd keep running, as in a Kubernetes MTA container restart."""
+        before = self.ready["daemons"]["postfix"]
+        self.process.send_signal(signal.SIGUSR1)
+        ready = self.dir / "ready"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"local up exited while restarting Postfix:\n{self.log()}")
+            try:
+                now = json.loads(ready.read_text())
+            except (OSError, ValueError):
+                now = self.ready
+            if now["daemons"].get("postfix") not in (None, before):
+                self.ready = now
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Postfix not back within {READY_TIMEOUT}s:\n{self.log()}")
+            time.sleep(0.05)
+
     def restart(self):
         """Stops the whole stack and starts it again on the same DIR (queue and mail kept)."""
         code = self.stop()

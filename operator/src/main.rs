@@ -74,7 +74,8 @@ enum BackupCommand {
 enum LocalCommand {
     /// Start the stack on 127.0.0.1 and run it until Ctrl-C (SIGINT) or SIGTERM. When every
     /// daemon listens, DIR/ca.crt (the CA to trust), DIR/dns.txt (the DNS records) and
-    /// DIR/ready are written.
+    /// DIR/ready are written. SIGUSR1 restarts Postfix alone (with its agents), as a
+    /// Kubernetes MTA container restart does; DIR/ready then names its new pid.
     Up {
         /// YAML file or directory with one MailDomain, its Mailboxes and their password Secrets.
         #[arg(short = 'f', long = "filename")]

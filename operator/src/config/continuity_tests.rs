@@ -28,6 +28,16 @@ fn snapshot_continuity() {
     let md = example();
     let mut files = postfix::render(&md, &layout(&md));
     files.extend(continuity::render(&md, &layout(&md)));
+    files.extend(continuity::imap_files(&md));
+    let layout = layout(&md);
+    files.insert(
+        "dovecot-0.conf (continuity part)".into(),
+        continuity::dovecot_settings(&md, &layout, &layout.imap_instance(0)),
+    );
+    files.insert(
+        "imap-entrypoint.sh (continuity part)".into(),
+        continuity::imap_entrypoint_prepare(&md),
+    );
     insta::assert_snapshot!(to_yaml(&files));
 }
 

@@ -252,6 +252,17 @@ fn the_continuity_configuration_passes_the_daemons_checks() {
     let conf = config.join(dovecot::instance_file_name(0));
     let out = run_ok(daemon(&layout, "doveconf").arg("-c").arg(&conf).arg("-n"));
     assert!(out.contains("autoexpunge = 2592000 secs"), "{out}");
+    assert!(out.contains("sieve_script continuity_once"), "{out}");
+    // The copies' Sieve script compiles with the extensions it requires.
+    let compiled = dir.path().join("once.svbin");
+    run_ok(
+        daemon(&layout, "sievec")
+            .arg("-c")
+            .arg(&conf)
+            .arg(config.join(continuity::ONCE_SCRIPT))
+            .arg(&compiled),
+    );
+    assert!(compiled.metadata().unwrap().len() > 0);
 }
 
 #[test]

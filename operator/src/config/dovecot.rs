@@ -289,5 +289,6 @@ service stats {{
         metrics = ports.dovecot_metrics,
     );
     s.push_str(&replication::dovecot_instance(layout, inst));
+    s.push_str(&super::continuity::dovecot_settings(md, layout, inst));
     s
 }

@@ -73,6 +73,7 @@ pub fn imap_files(
 ) -> std::collections::BTreeMap<String, String> {
     let mut files = dovecot::render(md, layout);
     files.extend(replication::render(md, layout));
+    files.extend(continuity::imap_files(md));
     let mut scripts = scripts::render(md, layout);
     scripts.retain(|k, _| k == scripts::IMAP_ENTRYPOINT);
     files.extend(scripts);

@@ -177,7 +177,7 @@ rm -f "$RUN/dovecot/master.pid"
 # doveadm in this container finds the instance's configuration here.
 ln -sf "$CONF" "$RUN/dovecot.conf"
 doveconf -c "$CONF" -n >/dev/null
-
+{continuity}
 dovecot -c "$CONF" -F &
 PID=$!
 trap 'log "stopping Dovecot"; stop_replication; doveadm -c "$CONF" stop >/dev/null 2>&1 || kill -TERM "$PID" 2>/dev/null || true' TERM INT
@@ -209,6 +209,7 @@ exit "$status"
         tls = p(&layout.tls_dir()),
         secrets = p(&layout.secrets_dir()),
         replication = replication::entrypoint_started(md, layout),
+        continuity = continuity::imap_entrypoint_prepare(md),
     );
     s
 }

@@ -155,14 +155,17 @@ async fn watch(agent: Arc<Agent>) -> anyhow::Result<()> {
         }
         // Back: drain the spool now rather than at each message's next retry. Unavailable only
         // because the upstream keeps deferring messages while the probe passes: retry them once
-        // per detection window, which ends the outage as soon as it takes them. (While the
+        // per detection window, which ends the outage as soon as it takes them. Copies still in
+        // the queue while local delivery is on (Dovecot or this MTA restarted while they went
+        // out): retry them once per window too, so none waits for Postfix's backoff. (While the
         // upstream is available, deferred messages keep Postfix's own backoff.)
         let recovered = availability.available && !was_available;
         let retry_stale = !availability.available
             && probe_ref.is_ok()
             && summary.stale_deferrals > 0
             && t - last_flush >= window;
-        if recovered || retry_stale {
+        let retry_copies = delivering && summary.copies > 0 && t - last_flush >= window;
+        if recovered || retry_stale || retry_copies {
             last_flush = t;
             if let Err(e) = postfix(c, "postqueue", &["-f"], None).await {
                 tracing::warn!(error = %e, "flushing the queue failed");

@@ -68,6 +68,10 @@ impl Daemon {
         &self.spec.name
     }
 
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
     /// Pid of the process that was started.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

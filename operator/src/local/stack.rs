@@ -69,6 +69,23 @@ impl Stack {
         select_all(waits).await.0
     }
 
+    /// Stops one daemon and starts it again from the same spec, as the kubelet restarts a
+    /// container; returns once it listens again, with how long that took.
+    pub async fn restart(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let i = self
+            .daemons
+            .iter()
+            .position(|d| d.name() == name)
+            .ok_or_else(|| anyhow::anyhow!("no daemon {name}"))?;
+        let old = self.daemons.remove(i);
+        let spec = old.spec().clone();
+        old.stop(STOP_GRACE).await?;
+        self.daemons.insert(i, Daemon::spawn(spec)?);
+        self.daemons[i].wait_ready(started + timeout).await?;
+        Ok(started.elapsed())
+    }
+
     /// Stops the daemon started last first (Postfix: no new mail while the rest goes down),
     /// then all others at once, reporting (not failing on) stragglers.
     pub async fn stop(&mut self) {

@@ -225,14 +225,30 @@ async fn up_async(options: UpOptions) -> anyhow::Result<()> {
     )?;
     print_ready(md, &layout, &dir, ready_seconds, &daemon_ready);
 
-    let outcome = tokio::select! {
-        _ = interrupt.recv() => Ok(()),
-        _ = terminate.recv() => Ok(()),
-        (name, status) = stack.first_exit() => Err(anyhow::anyhow!(
-            "{name} exited unexpectedly ({}); see {}",
-            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-            layout.log_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
-        )),
+    // SIGUSR1 restarts the MTA (Postfix and the agents its entrypoint runs), as a Kubernetes
+    // MTA container restart does, while Dovecot and Rspamd keep running.
+    let mut restart_mta = signal(SignalKind::user_defined1())?;
+    let outcome = loop {
+        tokio::select! {
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            _ = restart_mta.recv() => {
+                println!("restarting {MTA_DAEMON}");
+                match stack.restart(MTA_DAEMON, READY_TIMEOUT).await {
+                    Ok(took) => {
+                        println!("  {MTA_DAEMON} listening again after {:.1} s", took.as_secs_f64());
+                        let summary = Ready { daemons: stack.main_pids().into_iter().collect(), ..summary.clone() };
+                        ready::write_atomic(&dir.join(ready::READY), &serde_json::to_vec_pretty(&summary)?)?;
+                    }
+                    Err(e) => break Err(e.context(format!("restarting {MTA_DAEMON}"))),
+                }
+            }
+            (name, status) = stack.first_exit() => break Err(anyhow::anyhow!(
+                "{name} exited unexpectedly ({}); see {}",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                layout.log_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+            )),
+        }
     };
     let _ = std::fs::remove_file(dir.join(ready::READY));
     println!("stopping");
@@ -316,6 +332,9 @@ fn listening_ports(layout: &Layout) -> Vec<(String, u16)> {
 }
 
 /// The entrypoints of the pods' containers, run as they run there.
+/// The daemon SIGUSR1 restarts.
+const MTA_DAEMON: &str = "postfix";
+
 fn daemon_specs(layout: &Layout, runtime: &Runtime, replicas: usize) -> anyhow::Result<Vec<Spec>> {
     let sh = runtime
         .find_program("sh")
@@ -383,7 +402,7 @@ fn daemon_specs(layout: &Layout, runtime: &Runtime, replicas: usize) -> anyhow::
         main_pid_file: Some(layout.auth_run_dir().join("dovecot/master.pid")),
     });
     specs.push(Spec {
-        name: "postfix".into(),
+        name: MTA_DAEMON.into(),
         program: sh.to_path_buf(),
         args: vec![config.join(scripts::MTA_ENTRYPOINT).into()],
         ports: vec![p.smtp, p.submission, p.submissions],
