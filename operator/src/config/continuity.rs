@@ -177,7 +177,9 @@ pub fn imap_entrypoint_prepare(md: &MailDomain) -> String {
     format!(
         "# Continuity: the copies' Sieve script, compiled (Dovecot does not save global scripts).\n\
          mkdir -p \"$RUN/sieve\"\n\
-         sievec -c \"$CONF\" \"$CONFIG/{ONCE_SCRIPT}\" \"$RUN/sieve/{stem}.svbin\"\n"
+         sievec -c \"$CONF\" \"$CONFIG/{ONCE_SCRIPT}\" \"$RUN/sieve/{stem}.svbin\"\n\
+         chmod 0755 \"$RUN\" \"$RUN/sieve\"\n\
+         chmod 0644 \"$RUN/sieve/{stem}.svbin\"\n"
     )
 }
 
