@@ -205,6 +205,15 @@ def without_leases(writes: dict[str, int] | None) -> dict[str, int] | None:
     return {k: v for k, v in writes.items() if not k.startswith("Lease ")}
 
 
+def earlier_test_namespaces_deleted(kube: Kube, ns: str) -> None:
+    """Waits until earlier tests' namespaces are gone: write counts do not say which namespace
+    they were for, and the operator keeps trying to reconcile what is being deleted (the
+    namespace controller's deletes count in apiserver_request_total too)."""
+    wait_for("earlier test namespaces deleted", lambda: not [
+        n for n in kube.list("Namespace") if n["metadata"]["name"] != ns and n["status"].get("phase") == "Terminating"],
+        timeout=CONVERGE_TIMEOUT)
+
+
 # ---- scenarios ------------------------------------------------------------------------------------
 
 def test_quickstart_creates_owned_children_and_becomes_ready(cluster, ns, operator):
@@ -365,11 +374,7 @@ def test_steady_state_quiet(cluster, ns, operator):
     kube = cluster.kube
     apply_all(kube, quickstart(ns))
     converge(cluster, ns)
-    # apiserver_request_total does not say who wrote: let earlier tests' namespaces finish
-    # deleting (the namespace controller's deletes count too).
-    wait_for("earlier test namespaces deleted", lambda: not [
-        n for n in kube.list("Namespace") if n["metadata"]["name"] != ns and n["status"].get("phase") == "Terminating"],
-        timeout=CONVERGE_TIMEOUT)
+    earlier_test_namespaces_deleted(kube, ns)
     time.sleep(2)  # let the reconcile that Ready triggered finish
     cluster.reset_writes()
     before_objects = snapshot(kube, ns)
@@ -686,6 +691,7 @@ def test_upstream_availability_from_the_continuity_agents_reaches_the_status(clu
         assert upstream_events() == [], "a healthy start records no Event"
 
         # Steady state: the agents keep answering the same; the operator writes nothing.
+        earlier_test_namespaces_deleted(kube, ns)
         time.sleep(2)
         cluster.reset_writes()
         sleep_until(time.monotonic() + 3 * RESYNC_SECONDS + 1)
