@@ -12,6 +12,15 @@ pub const DKIM_READY: &str = "DkimReady";
 pub const BACKUP_HEALTHY: &str = "BackupHealthy";
 pub const UPSTREAM_AVAILABLE: &str = "UpstreamAvailable";
 
+/// An Event to record about an object when one of its conditions changed (the controller
+/// publishes it as `Warning` or `Normal` with this reason).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
 /// A condition to set, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired<'a> {

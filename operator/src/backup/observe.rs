@@ -131,17 +131,8 @@ pub struct Observation {
     pub condition: Desired<'static>,
     /// An Event to record, only when a run finished since `previous` was written or the domain
     /// just became overdue.
-    pub event: Option<BackupEvent>,
+    pub event: Option<conditions::Event>,
     pub metrics: BackupMetrics,
-}
-
-/// An Event about the MailDomain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupEvent {
-    /// `Normal` or `Warning`.
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
 }
 
 /// Metric values per MailDomain.
@@ -235,7 +226,7 @@ pub fn observe(
         let run = newest.expect("checked above");
         Some(run_event(run))
     } else if overdue && !was_overdue {
-        Some(BackupEvent {
+        Some(conditions::Event {
             warning: true,
             reason: reason::OVERDUE,
             note: condition.message.clone(),
@@ -282,11 +273,11 @@ fn failure_text(run: &BackupRun) -> String {
     }
 }
 
-fn run_event(run: &BackupRun) -> BackupEvent {
+fn run_event(run: &BackupRun) -> conditions::Event {
     match run.outcome {
         Some(Outcome::Succeeded) => {
             let r = run.result.as_ref();
-            BackupEvent {
+            conditions::Event {
                 warning: false,
                 reason: reason::SUCCEEDED,
                 note: format!(
@@ -298,7 +289,7 @@ fn run_event(run: &BackupRun) -> BackupEvent {
                 ),
             }
         }
-        _ => BackupEvent {
+        _ => conditions::Event {
             warning: true,
             reason: reason::FAILED,
             note: format!("backup {} failed: {}", run.job, failure_text(run)),

@@ -26,14 +26,6 @@ pub struct Report {
     pub status: Result<Status, String>,
 }
 
-/// An Event about the MailDomain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamEvent {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
-
 /// The condition for the reports of every MTA pod (in any order).
 pub fn condition(reports: &[Report]) -> Desired<'static> {
     let mut reports: Vec<&Report> = reports.iter().collect();
@@ -110,17 +102,17 @@ fn since(unix: i64) -> String {
 /// The Event to record when the condition changed between two condition lists: a Warning when
 /// the upstream became unavailable, a Normal one when it answers again after an outage. A
 /// domain that starts out healthy, or agents that stop answering, record nothing.
-pub fn event(before: &[Condition], after: &[Condition]) -> Option<UpstreamEvent> {
+pub fn event(before: &[Condition], after: &[Condition]) -> Option<conditions::Event> {
     let was = conditions::find(before, UPSTREAM_AVAILABLE).map(|c| c.status.as_str());
     let now = conditions::find(after, UPSTREAM_AVAILABLE)?;
     match (was, now.status.as_str()) {
         (Some("False"), "False") | (_, "Unknown") => None,
-        (_, "False") => Some(UpstreamEvent {
+        (_, "False") => Some(conditions::Event {
             warning: true,
             reason: reason::UNAVAILABLE,
             note: now.message.clone(),
         }),
-        (Some("False"), "True") => Some(UpstreamEvent {
+        (Some("False"), "True") => Some(conditions::Event {
             warning: false,
             reason: reason::RECOVERED,
             note: now.message.clone(),

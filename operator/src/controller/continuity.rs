@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use super::context::Context;
 use crate::api::conditions::Desired;
 use crate::api::MailDomain;
-use crate::config::Layout;
+use crate::config::Ports;
 use crate::continuity::observe::{self, Report};
 use crate::continuity::Status;
 use crate::names::Component;
@@ -37,9 +37,8 @@ pub async fn observe(
     name: &str,
 ) -> Option<Desired<'static>> {
     md.spec.continuity.as_ref()?;
-    let port = Layout::kubernetes(name, namespace, 1)
-        .ports
-        .continuity_metrics;
+    // Pods use the standard ports (`Layout::kubernetes`).
+    let port = Ports::standard().continuity_metrics;
     let pods = ctx.stores.pods_of(namespace, name, Component::Mta);
     let reports = join_all(pods.iter().filter_map(running).map(|(pod, ip)| async move {
         Report {

@@ -478,14 +478,6 @@ pub fn transitioned(
     a.is_some() && a != b
 }
 
-/// An Event about the served certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateEvent {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
-
 /// The Event to publish when CertificateReady moved to a new reason: a Warning when someone
 /// has to act (expiring soon, expired, missing, unusable, wrong host), a Normal one when a
 /// certificate is usable again after that. Nothing while it stays where it was, so a resync
@@ -495,13 +487,13 @@ pub fn certificate_event(
     after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     served: &Served,
     now: Timestamp,
-) -> Option<CertificateEvent> {
+) -> Option<conditions::Event> {
     if !transitioned(before, after, conditions::CERTIFICATE_READY) {
         return None;
     }
     let note = served.health.event_note(&served.secret_name, now);
     if served.needs_attention() {
-        return Some(CertificateEvent {
+        return Some(conditions::Event {
             warning: true,
             reason: served.event_reason(),
             note,
@@ -509,7 +501,7 @@ pub fn certificate_event(
     }
     let was_bad = conditions::find(before, conditions::CERTIFICATE_READY)
         .is_some_and(|c| c.status != "True" || c.reason == crate::pki::health::EXPIRING_SOON);
-    was_bad.then(|| CertificateEvent {
+    was_bad.then(|| conditions::Event {
         warning: false,
         reason: served.event_reason(),
         note,
